@@ -1,0 +1,92 @@
+"""The backend interface: what a backend is, what it declares, what it runs.
+
+A backend is a factory of *machines*: one machine is one fresh VM (or model of
+one) for one schedule. It declares
+
+* ``capabilities``: the facets it implements (``requests``, ``kick``,
+  ``run_loop``, ``block``, ...; see :mod:`pytest_kvmconf.facets`) and extra
+  promises such as ``entry_sequence``;
+* ``archs``: the architectures it can behave as;
+* ``doc_versions``: the document texts it implements (a range).
+
+A guarantee whose needs the backend lacks is skipped with the reason.
+
+A machine runs operations in one of two styles (see :mod:`.scheduling`):
+``execution = "generator"``, where :meth:`Machine.run_op` returns a
+generator yielding scheduling points, or ``execution = "threads"``, where the
+engine calls :meth:`Machine.run_op` on a real OS thread per spec thread and
+the backend calls :func:`pytest_kvmconf.scheduling.point` inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from .spec.versions import VersionRange
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """How the machine for one schedule must look."""
+
+    vcpus: int
+    arch: str
+    doc_version: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: The free mode of threaded backends asks for real, preemptive runs.
+    free: bool = False
+
+
+@dataclass(frozen=True)
+class ThreadContext:
+    """Who calls an operation: the spec thread and the vCPU it is the thread of."""
+
+    name: str
+    vcpu: int | None
+
+
+@runtime_checkable
+class Machine(Protocol):
+    execution: Literal["generator", "threads"]
+
+    def run_op(self, ctx: ThreadContext, op: str, args: Mapping[str, Any]) -> Any:
+        """Run one operation (generator style: return a generator of points)."""
+
+    def observe(self) -> Mapping[str, Any]:
+        """The observable state, as plain data (dicts, lists, tuples, sets, numbers)."""
+
+    def close(self) -> None:
+        """Release everything the machine holds (threads, fds, mappings)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    description: str
+    capabilities: frozenset[str]
+    archs: frozenset[str]
+    doc_versions: VersionRange
+
+    def new_machine(self, config: MachineConfig) -> Machine:
+        """A fresh machine for one schedule."""
+
+
+def skip_reason(backend: Backend, needs: frozenset[str], arch: str | None, doc_version: str) -> str | None:
+    """Why ``backend`` cannot check a guarantee with these needs, or None."""
+    missing = sorted(needs - set(backend.capabilities))
+    if missing:
+        return f"backend {backend.name!r} lacks capability {', '.join(missing)}"
+    if arch is not None and arch not in backend.archs:
+        return (f"{arch}-only promise; backend {backend.name!r} runs as "
+                f"{', '.join(sorted(backend.archs))}")
+    if not backend.doc_versions.contains(doc_version):
+        return f"backend {backend.name!r} implements document versions {backend.doc_versions}, not {doc_version}"
+    return None
+
+
+def default_arch(backend: Backend, wanted: str | None) -> str:
+    if wanted is not None:
+        return wanted
+    return "x86_64" if "x86_64" in backend.archs else sorted(backend.archs)[0]

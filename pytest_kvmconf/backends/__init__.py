@@ -1,0 +1,1 @@
+"""The bundled backends: reference (the executable model), threaded, kvm."""

@@ -1,0 +1,439 @@
+"""Model of vcpu-requests.rst: request bitmap, vcpu->mode, kicks, IPIs, the run
+loop's guest-entry sequence, kvm_vcpu_block and posted interrupts.
+
+Every action the document orders against another thread is followed by a
+scheduling point (``yield Point``), so the engine can interleave other threads
+exactly there. Each method is small and named after the kernel function it
+models, so a broken variant overrides one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...backend import MachineConfig, ThreadContext
+from ...facets.requests import (
+    EXITING_GUEST_MODE,
+    IN_GUEST_MODE,
+    KVM_REQ_TLB_FLUSH,
+    KVM_REQ_UNBLOCK,
+    KVM_REQ_UNHALT,
+    KVM_REQ_VM_DEAD,
+    KVM_REQUEST_MASK,
+    KVM_REQUEST_NO_ACTION,
+    KVM_REQUEST_NO_WAKEUP,
+    KVM_REQUEST_WAIT,
+    MODE_NAMES,
+    OUTSIDE_GUEST_MODE,
+    READING_SHADOW_PAGE_TABLES,
+    is_old_text,
+    request_name,
+)
+from ...scheduling import Point, Wait
+
+Steps = Generator[Point | Wait, None, Any]
+EIO = 5
+
+
+@dataclass
+class VCpu:
+    id: int
+    requests: int = 0  # the vcpu->requests bitmap
+    request_state: dict[int, Any] = field(default_factory=dict)
+    mode: int = OUTSIDE_GUEST_MODE
+    irqs_disabled: bool = False
+    in_guest: bool = False
+    entries: int = 0
+    exits: int = 0
+    handled: list[int] = field(default_factory=list)
+    ipis: int = 0
+    ipis_pending: int = 0
+    acks: int = 0
+    stay_ipis: int = 0
+    kicks: list[tuple[int, int, str]] = field(default_factory=list)
+    sleeping: bool = False  # on the wait queue (rcuwait)
+    woken: bool = False  # TASK_RUNNING again after set_current_state
+    wakeups: int = 0
+    runnable: bool = False  # kvm_arch_vcpu_runnable()
+    signal_pending: bool = False
+    block_result: str | None = None
+    tlb_gen: int = 0  # the flush generation this vCPU's TLB is clean for
+    pir: set[int] = field(default_factory=set)
+    pir_on: bool = False
+    pi_notification: bool = False
+    irr: set[int] = field(default_factory=set)
+
+    def view(self) -> dict[str, Any]:
+        bits = self.requests
+        return {
+            "id": self.id,
+            "requests": frozenset(i for i in range(64) if bits >> i & 1),
+            "request_state": dict(self.request_state),
+            "mode": self.mode,
+            "irqs_disabled": self.irqs_disabled,
+            "in_guest": self.in_guest,
+            "entries": self.entries,
+            "exits": self.exits,
+            "handled": tuple(self.handled),
+            "ipis": self.ipis,
+            "ipi_pending": self.ipis_pending > 0,
+            "acks": self.acks,
+            "stay_ipis": self.stay_ipis,
+            "kicks": tuple(self.kicks),
+            "sleeping": self.sleeping,
+            "asleep": self.sleeping and not self.woken,
+            "wakeups": self.wakeups,
+            "runnable": self.runnable,
+            "signal_pending": self.signal_pending,
+            "block_result": self.block_result,
+            "tlb_gen": self.tlb_gen,
+            "pir": frozenset(self.pir),
+            "pir_on": self.pir_on,
+            "irr": frozenset(self.irr),
+        }
+
+
+class RequestsModel:
+    execution = "generator"
+
+    def __init__(self, config: MachineConfig):
+        self.config = config
+        self.old_text = is_old_text(config.doc_version)
+        self.vcpus = [VCpu(i) for i in range(config.vcpus)]
+        self.ipis_sent = 0
+        self.vm_dead = False
+        self.tlb_flushes_started = 0
+        self.tlb_flushes_done = 0
+
+    # -- machine interface -------------------------------------------------
+    def run_op(self, ctx: ThreadContext, op: str, args: Mapping[str, Any]) -> Steps:
+        method = getattr(self, op, None)
+        if method is None or op.startswith("_"):
+            raise NotImplementedError(f"the reference model has no operation {op!r}")
+        return method(ctx, **args)
+
+    def observe(self) -> dict[str, Any]:
+        return {
+            "vcpus": [v.view() for v in self.vcpus],
+            "ipis_sent": self.ipis_sent,
+            "vm_dead": self.vm_dead,
+            "tlb_flushes_started": self.tlb_flushes_started,
+            "tlb_flushes_done": self.tlb_flushes_done,
+        }
+
+    def close(self) -> None:
+        pass
+
+    def name(self, req: int) -> str:
+        return request_name(req, self.config.doc_version)
+
+    # -- the request API ----------------------------------------------------
+    def kvm_make_request(self, ctx: ThreadContext, req: int, vcpu: int, state: Any = None) -> Steps:
+        if req & KVM_REQUEST_NO_ACTION:
+            raise ValueError("kvm_make_request() of a NO_ACTION request is a build error in KVM")
+        v = self.vcpus[vcpu]
+        if state is not None:
+            v.request_state[req & KVM_REQUEST_MASK] = state
+            yield Point(f"WRITE request state = {state}")
+        yield from self._set_request_bit(v, req)
+
+    def _set_request_bit(self, v: VCpu, req: int) -> Steps:
+        # smp_wmb(); set_bit(req & KVM_REQUEST_MASK, &vcpu->requests)
+        v.requests |= 1 << (req & KVM_REQUEST_MASK)
+        yield Point(f"smp_wmb(); set_bit({self.name(req)}) on vcpu{v.id}")
+
+    def kvm_check_request(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
+        v = self.vcpus[vcpu]
+        bit = 1 << (req & KVM_REQUEST_MASK)
+        pending = bool(v.requests & bit)
+        if pending:
+            v.requests &= ~bit
+        yield Point(f"kvm_check_request({self.name(req)}) = {str(pending).lower()}")
+        return pending
+
+    def kvm_test_request(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
+        pending = bool(self.vcpus[vcpu].requests & (1 << (req & KVM_REQUEST_MASK)))
+        yield Point(f"kvm_test_request({self.name(req)}) = {str(pending).lower()}")
+        return pending
+
+    def kvm_clear_request(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
+        self.vcpus[vcpu].requests &= ~(1 << (req & KVM_REQUEST_MASK))
+        yield Point(f"clear_bit({self.name(req)})")
+
+    def kvm_request_pending(self, ctx: ThreadContext, vcpu: int) -> Steps:
+        pending = self.vcpus[vcpu].requests != 0
+        yield Point(f"kvm_request_pending() = {str(pending).lower()}")
+        return pending
+
+    def read_request_state(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
+        value = self.vcpus[vcpu].request_state.get(req & KVM_REQUEST_MASK)
+        yield Point(f"READ request state = {value}")
+        return value
+
+    # -- IPIs and kicks -----------------------------------------------------
+    def _send_ipi(self, v: VCpu) -> None:
+        v.ipis += 1
+        self.ipis_sent += 1
+        if v.mode != OUTSIDE_GUEST_MODE or v.in_guest:
+            v.stay_ipis += 1
+        if v.in_guest and v.pi_notification is False:
+            pass
+        if not v.irqs_disabled and not v.in_guest:
+            v.acks += 1  # the target CPU takes the interrupt at once
+        else:
+            v.ipis_pending += 1
+
+    def _take_ipis(self, v: VCpu) -> None:
+        """local_irq_enable() on the vCPU thread: pending IPIs are handled (acknowledged)."""
+        v.acks += v.ipis_pending
+        v.ipis_pending = 0
+        if v.pi_notification:
+            self._sync_pir_to_irr(v)
+            v.pi_notification = False
+
+    def _exiting_guest_mode(self, v: VCpu) -> int:
+        """kvm_vcpu_exiting_guest_mode(): cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE)."""
+        old = v.mode
+        if old == IN_GUEST_MODE:
+            v.mode = EXITING_GUEST_MODE
+        return old
+
+    def _wake_up(self, v: VCpu) -> bool:
+        """kvm_vcpu_wake_up(): wake the task waiting on the vCPU's rcuwait, if any."""
+        if not v.sleeping:
+            return False
+        if not v.woken:
+            v.woken = True
+            v.wakeups += 1
+        return True
+
+    def kvm_vcpu_kick(self, ctx: ThreadContext, vcpu: int) -> Steps:
+        v = self.vcpus[vcpu]
+        if self._wake_up(v):
+            v.kicks.append((v.mode, -1, "wake"))
+            yield Point(f"kvm_vcpu_wake_up(vcpu{vcpu}): woke it")
+            return
+        if ctx.vcpu == vcpu:
+            if v.mode == IN_GUEST_MODE:
+                v.mode = EXITING_GUEST_MODE
+            v.kicks.append((v.mode, -1, "none"))
+            yield Point("kick from the vCPU's own thread: no IPI")
+            return
+        old = self._exiting_guest_mode(v)
+        if old == IN_GUEST_MODE:
+            v.kicks.append((old, -1, "ipi"))
+            yield Point(f"cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE) on vcpu{vcpu}: was IN_GUEST_MODE")
+            self._send_ipi(v)
+            yield Point(f"smp_send_reschedule(): IPI to vcpu{vcpu}")
+        else:
+            v.kicks.append((old, -1, "none"))
+            yield Point(f"vcpu{vcpu} mode is {MODE_NAMES[old]}: nothing to do")
+
+    def _needs_ipi(self, v: VCpu, req: int) -> tuple[int, bool]:
+        """kvm_request_needs_ipi(): WAIT widens the condition to "not OUTSIDE_GUEST_MODE"."""
+        old = self._exiting_guest_mode(v)
+        if req & KVM_REQUEST_WAIT:
+            return old, old != OUTSIDE_GUEST_MODE
+        return old, old == IN_GUEST_MODE
+
+    def kvm_make_all_cpus_request(self, ctx: ThreadContext, req: int) -> Steps:
+        targets: list[VCpu] = []
+        for v in self.vcpus:
+            if not req & KVM_REQUEST_NO_ACTION:
+                yield from self._set_request_bit(v, req)
+            if not req & KVM_REQUEST_NO_WAKEUP and self._wake_up(v):
+                v.kicks.append((v.mode, req, "wake"))
+                yield Point(f"kvm_vcpu_wake_up(vcpu{v.id}): woke it")
+                continue
+            old, ipi = self._needs_ipi(v, req)
+            if ipi and ctx.vcpu == v.id:
+                ipi = False  # never IPI the current CPU
+            v.kicks.append((old, req, "ipi" if ipi else "none"))
+            if ipi:
+                targets.append(v)
+            yield Point(f"vcpu{v.id} mode was {MODE_NAMES[old]}: {'IPI' if ipi else 'no IPI'}")
+        if not targets:
+            return False
+        expected = {}
+        for v in targets:
+            self._send_ipi(v)
+            expected[v.id] = v.ipis
+        names = ", ".join(f"vcpu{v.id}" for v in targets)
+        if req & KVM_REQUEST_WAIT:
+            yield from self._wait_for_acks(targets, expected, names)
+        else:
+            yield Point(f"smp_call_function_many({names}), no wait")
+        return True
+
+    def _wait_for_acks(self, targets: list[VCpu], expected: dict[int, int], names: str) -> Steps:
+        yield Wait(f"smp_call_function_many({names}): wait for acknowledgements",
+                   lambda: all(v.acks >= expected[v.id] for v in targets))
+
+    def kvm_flush_remote_tlbs(self, ctx: ThreadContext) -> Steps:
+        self.tlb_flushes_started += 1
+        yield from self.kvm_make_all_cpus_request(ctx, KVM_REQ_TLB_FLUSH)
+        self.tlb_flushes_done += 1
+        yield Point("kvm_flush_remote_tlbs() returns")
+
+    def kvm_vm_dead(self, ctx: ThreadContext) -> Steps:
+        self.vm_dead = True
+        yield Point("kvm->vm_dead = true")
+        yield from self.kvm_make_all_cpus_request(ctx, KVM_REQ_VM_DEAD)
+
+    # -- posted interrupts --------------------------------------------------
+    def post_interrupt(self, ctx: ThreadContext, vcpu: int, vector: int = 32) -> Steps:
+        v = self.vcpus[vcpu]
+        v.pir.add(vector)
+        v.pir_on = True
+        yield Point(f"pi_test_and_set_pir({vector}); pi_test_and_set_on()")
+        yield from self._pi_notify(v)
+
+    def _pi_notify(self, v: VCpu) -> Steps:
+        if v.mode == IN_GUEST_MODE:
+            self._send_pi_notification(v)
+            yield Point(f"vcpu{v.id} IN_GUEST_MODE: notification IPI sent")
+        else:
+            yield Point(f"vcpu{v.id} mode {MODE_NAMES[v.mode]}: no notification, the vCPU syncs PIR at entry")
+
+    def _send_pi_notification(self, v: VCpu) -> None:
+        if v.in_guest:
+            self._sync_pir_to_irr(v)  # the CPU processes the posted interrupt in guest mode
+        else:
+            v.pi_notification = True  # taken when interrupts are enabled at entry
+
+    def _sync_pir_to_irr(self, v: VCpu) -> None:
+        if v.pir_on:
+            v.pir_on = False
+            v.irr |= v.pir
+            v.pir = set()
+
+    # -- the run loop --------------------------------------------------------
+    def vcpu_run(self, ctx: ThreadContext, vcpu: int, entries: int = 1) -> Steps:
+        v = self.vcpus[vcpu]
+        if self.vm_dead:
+            yield Point("KVM_RUN: the VM is dead, -EIO")
+            return -EIO
+        done = 0
+        while done < entries:
+            dead = yield from self._handle_requests(v)
+            if dead:
+                return -EIO
+            entered = yield from self._enter_guest(v)
+            if not entered:
+                continue
+            yield from self._guest_exit(v)
+            done += 1
+        return 0
+
+    def _handle_requests(self, v: VCpu) -> Generator[Point | Wait, None, bool]:
+        """The top of vcpu_enter_guest(): kvm_check_request() for each pending request."""
+        while v.requests:
+            nr = (v.requests & -v.requests).bit_length() - 1
+            v.requests &= ~(1 << nr)
+            v.handled.append(nr)
+            if nr == KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK:
+                v.tlb_gen = self.tlb_flushes_started
+            yield Point(f"kvm_check_request({self.name(nr)}) = true: handled")
+            if nr == KVM_REQ_VM_DEAD & KVM_REQUEST_MASK and not self.old_text:
+                yield Point("KVM_REQ_VM_DEAD: return -EIO")
+                return True
+        return False
+
+    def _enter_guest(self, v: VCpu) -> Generator[Point | Wait, None, bool]:
+        """The guest-entry sequence of "Ensuring Requests Are Seen"."""
+        v.irqs_disabled = True
+        yield Point("local_irq_disable()")
+        v.mode = IN_GUEST_MODE
+        v.stay_ipis = 0
+        yield Point("WRITE_ONCE(vcpu->mode, IN_GUEST_MODE)")
+        self._sync_pir_to_irr(v)
+        pending = v.requests != 0
+        if v.mode == EXITING_GUEST_MODE or pending:
+            v.mode = OUTSIDE_GUEST_MODE
+            yield Point(f"smp_mb(); kvm_request_pending() = {str(pending).lower()}: abort guest entry")
+            v.irqs_disabled = False
+            self._take_ipis(v)
+            yield Point("local_irq_enable()")
+            return False
+        yield Point("smp_mb(); kvm_request_pending() = false")
+        yield from self._guest_entry(v)
+        return True
+
+    def _guest_entry(self, v: VCpu) -> Steps:
+        v.in_guest = True
+        v.entries += 1
+        v.irqs_disabled = False  # enabled atomically with the entry
+        if v.pi_notification:
+            self._sync_pir_to_irr(v)
+            v.pi_notification = False
+        yield Wait("VM entry, interrupts enabled atomically: guest runs",
+                   lambda: v.ipis_pending > 0, idle=True)
+
+    def _guest_exit(self, v: VCpu) -> Steps:
+        v.in_guest = False
+        v.exits += 1
+        v.irqs_disabled = True
+        yield Point("VM exit (IPI)")
+        v.mode = OUTSIDE_GUEST_MODE
+        yield Point("vcpu->mode = OUTSIDE_GUEST_MODE")
+        v.irqs_disabled = False
+        self._take_ipis(v)
+        yield Point("local_irq_enable(): pending IPIs acknowledged")
+
+    def walk_shadow_page_tables(self, ctx: ThreadContext, vcpu: int) -> Steps:
+        v = self.vcpus[vcpu]
+        v.irqs_disabled = True
+        yield Point("local_irq_disable()")
+        v.mode = READING_SHADOW_PAGE_TABLES
+        yield Point("vcpu->mode = READING_SHADOW_PAGE_TABLES")
+        yield Point("walk the shadow page tables")
+        v.mode = OUTSIDE_GUEST_MODE
+        yield Point("vcpu->mode = OUTSIDE_GUEST_MODE")
+        v.irqs_disabled = False
+        self._take_ipis(v)
+        yield Point("local_irq_enable()")
+
+    # -- sleeping vCPUs -------------------------------------------------------
+    def _check_block(self, v: VCpu) -> str | None:
+        """kvm_vcpu_check_block(): why to stop blocking, in the kernel's order."""
+        if v.runnable:
+            return "runnable"
+        if v.signal_pending:
+            return "signal"
+        if not self.old_text and v.requests & (1 << KVM_REQ_UNBLOCK):
+            v.requests &= ~(1 << KVM_REQ_UNBLOCK)
+            return "unblock"
+        return None
+
+    def kvm_vcpu_block(self, ctx: ThreadContext, vcpu: int) -> Steps:
+        v = self.vcpus[vcpu]
+        v.sleeping = True
+        yield Point("prepare_to_rcuwait(): on the wait queue")
+        while True:
+            v.woken = False  # set_current_state(TASK_INTERRUPTIBLE), before the check
+            reason = self._check_block(v)
+            yield Point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
+            if reason:
+                break
+            yield Wait("schedule(): asleep", lambda: v.woken, idle=True)
+        v.sleeping = False
+        v.woken = False
+        v.block_result = reason
+        yield Point("finish_rcuwait()")
+        if self.old_text and reason == "runnable":
+            yield from self._set_request_bit(v, KVM_REQ_UNHALT)
+        return reason
+
+    def make_runnable(self, ctx: ThreadContext, vcpu: int, kick: bool = True) -> Steps:
+        self.vcpus[vcpu].runnable = True
+        yield Point(f"vcpu{vcpu} becomes runnable (kvm_arch_vcpu_runnable)")
+        if kick:
+            yield from self.kvm_vcpu_kick(ctx, vcpu)
+
+    def send_signal(self, ctx: ThreadContext, vcpu: int) -> Steps:
+        v = self.vcpus[vcpu]
+        v.signal_pending = True
+        self._wake_up(v)
+        yield Point(f"signal to the vcpu{vcpu} thread (signal_wake_up)")

@@ -1,0 +1,1 @@
+"""Run schedules against backends and judge them (schedule -> backend -> verdict)."""

@@ -1,0 +1,85 @@
+"""Hunt for a violation of one guarantee with hypothesis, or replay one schedule."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+
+from ..backend import Backend
+from ..spec.model import Guarantee
+from ..strategies import schedule_strategy
+from .runner import Outcome, RunOptions, run_schedule
+from .schedule import Schedule
+
+
+class ViolationFound(AssertionError):
+    """A schedule broke the guarantee; carries the (shrunk) outcome."""
+
+    def __init__(self, outcome: Outcome):
+        self.outcome = outcome
+        v = outcome.violation
+        super().__init__(f"{outcome.guarantee.id}: {v.kind if v else '?'}: {v.message if v else ''}")
+
+
+class NothingReached(AssertionError):
+    """An `exists` check that no schedule satisfied."""
+
+    def __init__(self, g: Guarantee, examples: int, last: Outcome | None):
+        self.guarantee, self.examples, self.last = g, examples, last
+        checks = [str(c.expr) for c in g.checks if c.kind == "exists"]
+        super().__init__(f"{g.id}: none of {examples} schedules reached: {'; '.join(checks)}")
+
+
+@dataclass
+class Stats:
+    examples: int = 0
+    seconds: float = 0.0
+    reached: set[int] = field(default_factory=set)
+
+
+def explore(g: Guarantee, backend: Backend, options: RunOptions,
+            base: settings | None = None) -> Stats:
+    """Run hypothesis over schedules of ``g``; raise ViolationFound or NothingReached."""
+    stats = Stats()
+    last: list[Outcome] = []
+
+    def check(schedule: Schedule) -> None:
+        stats.examples += 1
+        outcome = run_schedule(g, backend, schedule, options)
+        if outcome.violation is not None:
+            raise ViolationFound(outcome)
+        stats.reached |= outcome.reached
+        if not last:
+            last.append(outcome)
+        else:
+            last[0] = outcome
+
+    # Each guarantee is its own test to hypothesis' database.
+    check._hypothesis_internal_add_digest = f"{g.id}@{backend.name}".encode()  # type: ignore[attr-defined]
+    test = settings(
+        base or settings(),
+        deadline=None,
+        report_multiple_bugs=False,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                               HealthCheck.filter_too_much],
+    )(given(schedule_strategy(g, options.doc_version))(check))
+    start = time.perf_counter()
+    try:
+        test()
+    finally:
+        stats.seconds = time.perf_counter() - start
+    if g.has_exists:
+        wanted = {i for i, c in enumerate(g.checks) if c.kind == "exists"}
+        if not wanted <= stats.reached:
+            raise NothingReached(g, stats.examples, last[0] if last else None)
+    return stats
+
+
+def replay(g: Guarantee, backend: Backend, options: RunOptions, schedule: Schedule) -> Outcome:
+    """Run exactly one schedule; raise ViolationFound if it breaks the guarantee."""
+    outcome = run_schedule(g, backend, schedule, options)
+    if outcome.violation is not None:
+        raise ViolationFound(outcome)
+    return outcome

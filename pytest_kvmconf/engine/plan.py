@@ -1,0 +1,68 @@
+"""A spec thread made concrete for one schedule: its steps with evaluated arguments.
+
+Both executors (generator and OS threads) walk the same plan, so argument
+evaluation, result binding and the timeline's call text exist once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..spec.expr import Expr
+from ..spec.model import Guarantee, Step
+from .schedule import Schedule
+
+
+@dataclass
+class PlannedStep:
+    step: Step
+    #: extra names for argument expressions (per-vCPU index, drawn step params).
+    scope: Mapping[str, Any]
+
+
+@dataclass
+class ThreadPlan:
+    name: str
+    vcpu: int | None
+    steps: list[PlannedStep]
+    #: names every plan of a run shares (constants, params, bindings); owned by the run.
+    env: dict[str, Any] = field(repr=False, default_factory=dict)
+    bindings: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def args(self, ps: PlannedStep) -> dict[str, Any]:
+        out = {}
+        env = None
+        for k, v in ps.step.args:
+            if isinstance(v, Expr):
+                if env is None:
+                    env = {**self.env, **self.bindings, **ps.scope}
+                out[k] = v.evaluate(env)
+            else:
+                out[k] = v
+        return out
+
+    def bind(self, ps: PlannedStep, result: Any) -> None:
+        if ps.step.bind:
+            self.bindings[ps.step.bind] = result
+
+    def calls(self) -> Iterator[tuple[PlannedStep, dict[str, Any]]]:
+        for ps in self.steps:
+            yield ps, self.args(ps)
+
+
+def make_plans(g: Guarantee, schedule: Schedule, nr_vcpus: int, env: dict[str, Any],
+               bindings: dict[str, Any]) -> list[ThreadPlan]:
+    generated = dict(schedule.sequences)
+    plans = []
+    for t in g.threads:
+        copies = [(f"{t.name}{i}", i, {"vcpu": i}) for i in range(nr_vcpus)] if t.per_vcpu \
+            else [(t.name, t.vcpu, {})]
+        for name, vcpu, scope in copies:
+            steps = [PlannedStep(s, scope) for s in t.steps]
+            if t.sequence is not None:
+                for choice, drawn in generated.get(t.name, ()):
+                    steps.append(PlannedStep(t.sequence.choose[choice], {**scope, **dict(drawn)}))
+            plans.append(ThreadPlan(name, vcpu, steps, env, bindings))
+    return plans

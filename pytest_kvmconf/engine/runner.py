@@ -1,0 +1,213 @@
+"""Run one schedule of one guarantee on one backend, and judge it.
+
+The scheduler loop: while some thread can run, pick one from the choice tape,
+advance it to its next scheduling point, record what it did, check the
+``always`` conditions. When nothing can run, the run has ended (every thread
+done or idle) or deadlocked (someone waits on something that never comes).
+Then the ``final``/``never``/``exists`` conditions are judged.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import facets
+from ..backend import Backend, MachineConfig, default_arch
+from ..facets.requests import request_name
+from ..spec.expr import EvalError, Expr
+from ..spec.model import Check, Guarantee
+from .executor import GeneratorHandle, Handle
+from .plan import PlannedStep, make_plans
+from .schedule import Chooser, Schedule
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One advance of one thread: the timeline's row."""
+
+    index: int
+    thread: str
+    texts: tuple[str, ...]
+
+
+@dataclass
+class Violation:
+    #: always, final, never, deadlock, livelock, error, hang
+    kind: str
+    message: str
+    check: Check | None = None
+    at: int | None = None  # timeline index where an `always` check failed
+
+
+@dataclass
+class Outcome:
+    guarantee: Guarantee
+    schedule: Schedule
+    params: dict[str, Any]
+    threads: list[str]
+    timeline: list[Entry]
+    final_state: Mapping[str, Any] | None
+    violation: Violation | None = None
+    #: indices of `exists` checks this schedule satisfied.
+    reached: set[int] = field(default_factory=set)
+    positions: list[str] = field(default_factory=list)
+
+
+class RunOptions:
+    """How to run: the document version, and the thread executor's settings."""
+
+    def __init__(self, doc_version: str, free: bool = False, point_timeout: float = 5.0):
+        self.doc_version = doc_version
+        self.free = free
+        self.point_timeout = point_timeout
+
+
+def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: RunOptions) -> Outcome:
+    params = dict(schedule.params)
+    constants = facets.all_constants()
+    env: dict[str, Any] = {**constants, **params}
+    nr_vcpus = g.vcpus.evaluate(env) if isinstance(g.vcpus, Expr) else g.vcpus
+    env["nr_vcpus"] = nr_vcpus
+    bindings: dict[str, Any] = {}
+    for t in g.threads:
+        for s in t.steps:
+            if s.bind:
+                bindings[s.bind] = None
+    machine_options = {k: (v.evaluate(env) if isinstance(v, Expr) else v) for k, v in g.machine}
+    config = MachineConfig(nr_vcpus, default_arch(backend, g.arch), options.doc_version,
+                           machine_options, options.free)
+    plans = make_plans(g, schedule, nr_vcpus, env, bindings)
+    outcome = Outcome(g, schedule, params, [p.name for p in plans], [], None)
+    machine = backend.new_machine(config)
+    handles: list[Handle] = []
+    try:
+        fmt = _Formats(options.doc_version)
+        if getattr(machine, "execution", "generator") == "threads":
+            from .threads import thread_handles
+
+            handles = thread_handles(machine, plans, fmt.call, fmt.result, options)
+        else:
+            handles = [GeneratorHandle(machine, p, fmt.call, fmt.result) for p in plans]
+        _Scheduler(g, machine, handles, schedule, outcome, env, bindings).run()
+    finally:
+        for h in handles:
+            h.close()
+        machine.close()
+    return outcome
+
+
+class _Formats:
+    """How calls and results read in the timeline (request numbers by name)."""
+
+    def __init__(self, doc_version: str):
+        self.doc_version = doc_version
+
+    def value(self, typ: str, v: Any) -> str:
+        if typ == "req" and isinstance(v, int):
+            return request_name(v, self.doc_version)
+        return repr(v) if isinstance(v, str) else str(v)
+
+    def call(self, ps: PlannedStep, args: dict[str, Any]) -> str:
+        op = ps.step.op
+        shown = ", ".join(f"{a.name}={self.value(a.type, args[a.name])}" for a in op.args
+                          if args.get(a.name) is not None)
+        return f"{op.name}({shown})"
+
+    def result(self, ps: PlannedStep, result: Any) -> str:
+        if result is None or ps.step.op.returns in ("none", "state"):
+            return ""
+        shown = str(result).lower() if isinstance(result, bool) else repr(result)
+        bind = f" as {ps.step.bind}" if ps.step.bind else ""
+        return f"-> {ps.step.op.name} returned {shown}{bind}"
+
+
+class _Scheduler:
+    def __init__(self, g: Guarantee, machine: Any, handles: list[Handle], schedule: Schedule,
+                 outcome: Outcome, env: dict[str, Any], bindings: dict[str, Any]):
+        self.g, self.machine, self.handles = g, machine, handles
+        self.tape, self.outcome = schedule.tape, outcome
+        self.env, self.bindings = env, bindings
+        self.always = [c for c in g.checks if c.kind == "always"]
+        self.need_old = any("old" in c.expr.names or (c.when and "old" in c.when.names) for c in self.always)
+
+    def names(self, state: Mapping[str, Any], step: Mapping[str, Any] | None,
+              old: Mapping[str, Any] | None) -> dict[str, Any]:
+        env = {**self.env, **self.bindings, **state}
+        env["threads"] = {h.name: {"done": h.done, "position": h.position} for h in self.handles}
+        env["step"] = step or {"thread": "", "vcpu": -1, "op": "", "label": ""}
+        if old is not None:
+            env["old"] = old
+        return env
+
+    def holds(self, check: Check, env: Mapping[str, Any]) -> bool:
+        if check.when is not None and not check.when.evaluate(env):
+            return True
+        return bool(check.expr.evaluate(env))
+
+    def run(self) -> None:
+        out, handles = self.outcome, self.handles
+        current: Handle | None = None
+        chooser = Chooser(self.tape)
+        state = self.machine.observe() if self.need_old else None
+        try:
+            while True:
+                runnable = [h for h in handles if not h.done and h.runnable()]
+                if not runnable:
+                    break
+                h = chooser.pick(runnable, current)
+                old = state
+                h.advance()
+                current = h
+                out.timeline.append(Entry(len(out.timeline) + 1, h.name, tuple(h.texts)))
+                if len(out.timeline) > self.g.max_steps:
+                    out.violation = Violation(
+                        "livelock", f"no end after {self.g.max_steps} scheduling points "
+                        "(a thread loops without reaching a wait or its end)")
+                    break
+                if self.always:
+                    state = self.machine.observe()
+                    op = h.texts[0].split("(")[0] if h.texts else ""
+                    step = {"thread": h.name, "vcpu": -1 if h.vcpu is None else h.vcpu,
+                            "op": op, "label": h.position}
+                    env = self.names(state, step, old)
+                    for c in self.always:
+                        if not self.holds(c, env):
+                            out.violation = Violation("always", c.message or "an invariant stopped holding",
+                                                      c, len(out.timeline))
+                            break
+                    if out.violation:
+                        break
+        except EvalError as exc:
+            out.violation = Violation("error", f"a condition could not be evaluated: {exc}")
+        except Exception as exc:  # the backend itself failed: a finding, with its traceback
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))
+            out.violation = Violation("error", f"the backend raised {type(exc).__name__}: {exc}\n{tb}")
+        out.positions = [h.describe() for h in handles]
+        try:
+            out.final_state = self.machine.observe()
+        except Exception as exc:
+            out.final_state = {"observe() failed": repr(exc)}
+        if out.violation is not None:
+            return
+        stuck = [h for h in handles if not h.done and not h.idle()]
+        if stuck:
+            out.violation = Violation(
+                "deadlock", "no thread can run, and " + ", ".join(h.name for h in stuck)
+                + " wait(s) for something that never comes")
+            return
+        env = self.names(out.final_state, None, None)
+        try:
+            for i, c in enumerate(self.g.checks):
+                if c.kind == "final" and not c.expr.evaluate(env):
+                    out.violation = Violation("final", c.message or "the final outcome is wrong", c)
+                    return
+                if c.kind == "never" and c.expr.evaluate(env):
+                    out.violation = Violation("never", c.message or "a forbidden outcome was reached", c)
+                    return
+                if c.kind == "exists" and c.expr.evaluate(env):
+                    out.reached.add(i)
+        except EvalError as exc:
+            out.violation = Violation("error", f"a condition could not be evaluated: {exc}")

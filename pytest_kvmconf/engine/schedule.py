@@ -1,0 +1,100 @@
+"""A schedule: everything that decides one run, as plain data.
+
+It is what hypothesis generates and shrinks, and what a replay command
+carries: the parameters, the generated steps of sequence threads, and the
+*choice tape*, one number per scheduling decision (0: the current thread
+goes on; k > 0: switch to the k-th other runnable thread). An exhausted tape
+means "go on", so shrinking the tape means fewer context switches.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+GeneratedStep = tuple[int, tuple[tuple[str, Any], ...]]  # (choice index, its drawn params)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    guarantee: str
+    params: tuple[tuple[str, Any], ...]
+    sequences: tuple[tuple[str, tuple[GeneratedStep, ...]], ...]
+    tape: tuple[int, ...]
+
+    def encode(self) -> str:
+        """``ID:blob``, the argument of ``--kvm-replay``."""
+        data = [self.params, self.sequences, self.tape]
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        return f"{self.guarantee}:{base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip('=')}"
+
+    @classmethod
+    def decode(cls, text: str) -> Schedule:
+        gid, sep, blob = text.strip().partition(":")
+        if not sep or not blob:
+            raise ValueError("a replay string looks like REQ-15:eNq... (the guarantee id, ':', the schedule)")
+        try:
+            raw = zlib.decompress(base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4)))
+            params, seqs, tape = json.loads(raw)
+            return cls(
+                gid,
+                tuple((k, v) for k, v in params),
+                tuple((t, tuple((c, tuple((k, v) for k, v in ps)) for c, ps in steps)) for t, steps in seqs),
+                tuple(int(x) for x in tape),
+            )
+        except (ValueError, TypeError, zlib.error) as exc:
+            raise ValueError(f"replay string for {gid} is damaged: {exc}") from None
+
+
+class Chooser:
+    """Reads the choice tape as preemptions: pairs (k, t) meaning "the current
+    thread goes on for k more decisions, then switch to the t-th other runnable
+    thread". The first number picks the starting thread. An exhausted tape lets
+    the current thread go on, so a shorter tape is a schedule with fewer context
+    switches, and hypothesis' shrinking towards short lists and small numbers
+    shrinks towards the simplest interleaving.
+
+    Only decisions with two or more runnable threads count, so ``k`` counts the
+    places where a switch was possible.
+    """
+
+    __slots__ = ("tape", "next", "left", "target", "started")
+
+    def __init__(self, tape: tuple[int, ...]):
+        self.tape = tape
+        self.next = 1
+        self.left: int | None = None
+        self.target = 0
+        self.started = False
+        self._load()
+
+    def _load(self) -> None:
+        if self.next < len(self.tape):
+            self.left = self.tape[self.next]
+            self.target = self.tape[self.next + 1] if self.next + 1 < len(self.tape) else 0
+            self.next += 2
+        else:
+            self.left = None
+
+    def pick(self, runnable: list, current: Any) -> Any:
+        if not self.started:
+            self.started = True
+            if len(runnable) > 1 and self.tape:
+                return runnable[self.tape[0] % len(runnable)]
+            return runnable[0]
+        if len(runnable) == 1:
+            return runnable[0]
+        if current not in runnable:
+            return runnable[0]
+        if self.left is None:
+            return current
+        if self.left > 0:
+            self.left -= 1
+            return current
+        others = [x for x in runnable if x is not current]
+        chosen = others[self.target % len(others)]
+        self._load()
+        return chosen

@@ -1,0 +1,218 @@
+"""vcpu-requests.rst: the request API, vCPU mode, kicks, IPIs, the run loop and sleeping vCPUs.
+
+Request numbers carry their flags as in include/linux/kvm_host.h: bits 0-7 are
+the number (KVM_REQUEST_MASK), bit 8 KVM_REQUEST_NO_WAKEUP, bit 9
+KVM_REQUEST_WAIT, bit 10 KVM_REQUEST_NO_ACTION.
+"""
+
+from __future__ import annotations
+
+from . import Arg, Facet, register
+
+KVM_REQUEST_MASK = 0xFF
+KVM_REQUEST_NO_WAKEUP = 1 << 8
+KVM_REQUEST_WAIT = 1 << 9
+KVM_REQUEST_NO_ACTION = 1 << 10
+KVM_REQUEST_ARCH_BASE = 8
+
+OUTSIDE_GUEST_MODE = 0
+IN_GUEST_MODE = 1
+EXITING_GUEST_MODE = 2
+READING_SHADOW_PAGE_TABLES = 3
+
+MODE_NAMES = {
+    OUTSIDE_GUEST_MODE: "OUTSIDE_GUEST_MODE",
+    IN_GUEST_MODE: "IN_GUEST_MODE",
+    EXITING_GUEST_MODE: "EXITING_GUEST_MODE",
+    READING_SHADOW_PAGE_TABLES: "READING_SHADOW_PAGE_TABLES",
+}
+
+
+def KVM_ARCH_REQ_FLAGS(nr: int, flags: int) -> int:  # noqa: N802 - kernel name
+    return (nr + KVM_REQUEST_ARCH_BASE) | flags
+
+
+# Current text (architecture independent).
+KVM_REQ_TLB_FLUSH = 0 | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
+KVM_REQ_VM_DEAD = 1 | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
+KVM_REQ_UNBLOCK = 2
+KVM_REQ_OUTSIDE_GUEST_MODE = KVM_REQUEST_NO_ACTION | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
+# 4.13 text.
+KVM_REQ_MMU_RELOAD = 1 | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
+KVM_REQ_PENDING_TIMER = 2
+KVM_REQ_UNHALT = 3
+
+# A few x86 architecture requests (arch/x86/include/asm/kvm_host.h).
+ARCH_REQUESTS = {
+    "KVM_REQ_MIGRATE_TIMER": KVM_ARCH_REQ_FLAGS(0, 0),
+    "KVM_REQ_REPORT_TPR_ACCESS": KVM_ARCH_REQ_FLAGS(1, 0),
+    "KVM_REQ_TRIPLE_FAULT": KVM_ARCH_REQ_FLAGS(2, 0),
+    "KVM_REQ_MMU_SYNC": KVM_ARCH_REQ_FLAGS(3, 0),
+    "KVM_REQ_CLOCK_UPDATE": KVM_ARCH_REQ_FLAGS(4, 0),
+    "KVM_REQ_EVENT": KVM_ARCH_REQ_FLAGS(6, 0),
+    "KVM_REQ_NMI": KVM_ARCH_REQ_FLAGS(9, 0),
+    "KVM_REQ_PMU": KVM_ARCH_REQ_FLAGS(10, 0),
+}
+
+OLD_TEXT = ("4.13",)
+
+
+def is_old_text(doc_version: str) -> bool:
+    """vcpu-requests.rst changed its request list after the 4.13 text."""
+    from ..spec.versions import parse_version
+
+    return parse_version(doc_version) < parse_version("6.2")
+
+
+def arch_independent_requests(doc_version: str) -> tuple[int, ...]:
+    if is_old_text(doc_version):
+        return (KVM_REQ_TLB_FLUSH, KVM_REQ_MMU_RELOAD, KVM_REQ_PENDING_TIMER, KVM_REQ_UNHALT)
+    return (KVM_REQ_TLB_FLUSH, KVM_REQ_VM_DEAD, KVM_REQ_UNBLOCK)
+
+
+def request_name(req: int, doc_version: str = "6.18") -> str:
+    """The kernel name of a request number (with its flags), for timelines."""
+    names = (
+        {"KVM_REQ_TLB_FLUSH": KVM_REQ_TLB_FLUSH, "KVM_REQ_MMU_RELOAD": KVM_REQ_MMU_RELOAD,
+         "KVM_REQ_PENDING_TIMER": KVM_REQ_PENDING_TIMER, "KVM_REQ_UNHALT": KVM_REQ_UNHALT}
+        if is_old_text(doc_version)
+        else {"KVM_REQ_TLB_FLUSH": KVM_REQ_TLB_FLUSH, "KVM_REQ_VM_DEAD": KVM_REQ_VM_DEAD,
+              "KVM_REQ_UNBLOCK": KVM_REQ_UNBLOCK,
+              "KVM_REQ_OUTSIDE_GUEST_MODE": KVM_REQ_OUTSIDE_GUEST_MODE}
+    )
+    names.update(ARCH_REQUESTS)
+    for name, value in names.items():
+        if value == req:
+            return name
+    flags = [f for f, b in (("NO_WAKEUP", KVM_REQUEST_NO_WAKEUP), ("WAIT", KVM_REQUEST_WAIT),
+                            ("NO_ACTION", KVM_REQUEST_NO_ACTION)) if req & b]
+    return f"req {req & KVM_REQUEST_MASK}" + (f"|{'|'.join(flags)}" if flags else "")
+
+
+requests = register(Facet(
+    "requests",
+    "the vCPU request API (kvm_make_request, kvm_check_request, ...) and per-vCPU request bitmap",
+))
+requests.constants.update({
+    "KVM_REQUEST_MASK": KVM_REQUEST_MASK,
+    "KVM_REQUEST_NO_WAKEUP": KVM_REQUEST_NO_WAKEUP,
+    "KVM_REQUEST_WAIT": KVM_REQUEST_WAIT,
+    "KVM_REQUEST_NO_ACTION": KVM_REQUEST_NO_ACTION,
+    "KVM_REQUEST_ARCH_BASE": KVM_REQUEST_ARCH_BASE,
+    "KVM_REQ_TLB_FLUSH": KVM_REQ_TLB_FLUSH,
+    "KVM_REQ_VM_DEAD": KVM_REQ_VM_DEAD,
+    "KVM_REQ_UNBLOCK": KVM_REQ_UNBLOCK,
+    "KVM_REQ_OUTSIDE_GUEST_MODE": KVM_REQ_OUTSIDE_GUEST_MODE,
+    "KVM_REQ_MMU_RELOAD": KVM_REQ_MMU_RELOAD,
+    "KVM_REQ_PENDING_TIMER": KVM_REQ_PENDING_TIMER,
+    "KVM_REQ_UNHALT": KVM_REQ_UNHALT,
+    "OUTSIDE_GUEST_MODE": OUTSIDE_GUEST_MODE,
+    "IN_GUEST_MODE": IN_GUEST_MODE,
+    "EXITING_GUEST_MODE": EXITING_GUEST_MODE,
+    "READING_SHADOW_PAGE_TABLES": READING_SHADOW_PAGE_TABLES,
+    "EIO": 5,
+    "EINTR": 4,
+    **ARCH_REQUESTS,
+})
+requests.named_sets.update({
+    "arch_independent_requests": arch_independent_requests,
+    "arch_requests": lambda v: tuple(ARCH_REQUESTS.values()),
+    "all_requests": lambda v: arch_independent_requests(v) + tuple(ARCH_REQUESTS.values()),
+    "request_flags": lambda v: (0, KVM_REQUEST_NO_WAKEUP, KVM_REQUEST_WAIT,
+                                KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP),
+    "request_numbers": lambda v: tuple(range(0, 32)),
+    "vcpu_modes": lambda v: tuple(MODE_NAMES),
+})
+V = Arg("vcpu", "vcpu", doc="index of the target vCPU")
+R = Arg("req", "req", doc="request number with its flags (e.g. KVM_REQ_TLB_FLUSH)")
+requests.op("kvm_make_request", [R, V, Arg("state", "int", optional=True,
+            doc="state associated with the request, written before the request bit (REQ-14)")],
+            "none", "Make request @req of @vcpu (smp_wmb, then set the bit).")
+requests.op("kvm_check_request", [R, V], "bool",
+            "If @req is pending: clear it, issue the barrier, return true; else false.",
+            vcpu_thread=True)
+requests.op("kvm_test_request", [R, V], "bool", "Is @req pending? Changes nothing.")
+requests.op("kvm_clear_request", [R, V], "none", "Clear @req only.")
+requests.op("kvm_request_pending", [V], "bool", "Is any request pending?")
+requests.op("read_request_state", [R, V], "int",
+            "Read the state associated with @req (after kvm_check_request returned true).",
+            vcpu_thread=True)
+requests.observables.update({
+    "vcpus[i].requests": "set of pending request numbers (low 8 bits), e.g. `bit(req) in vcpus[0].requests`",
+    "vcpus[i].request_state": "dict request number -> associated state last written by a requester",
+})
+
+kick = register(Facet(
+    "kick",
+    "vCPU mode, kvm_vcpu_kick, IPIs and kvm_make_all_cpus_request / kvm_flush_remote_tlbs",
+))
+kick.op("kvm_vcpu_kick", [V], "none",
+        "Kick @vcpu: IPI if IN_GUEST_MODE (moving it to EXITING_GUEST_MODE), wake it if sleeping, else nothing.")
+kick.op("kvm_make_all_cpus_request", [Arg("req", "req")], "bool",
+        "Make @req of every vCPU and kick each (WAIT: wait for the IPIs' acknowledgements). "
+        "Returns whether any IPI was sent.")
+kick.op("kvm_flush_remote_tlbs", [], "none", "kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH).")
+kick.op("kvm_vm_dead", [], "none", "kvm_vm_dead(): mark the VM dead, then kvm_make_all_cpus_request(KVM_REQ_VM_DEAD).")
+kick.op("post_interrupt", [V, Arg("vector", "int", optional=True, default=32)], "none",
+        "x86 posted interrupt: set PIR bit and PIR.ON, then read vcpu->mode and send the "
+        "notification IPI if IN_GUEST_MODE.")
+kick.observables.update({
+    "vcpus[i].mode": "vcpu->mode: OUTSIDE_GUEST_MODE, IN_GUEST_MODE, EXITING_GUEST_MODE or READING_SHADOW_PAGE_TABLES",
+    "vcpus[i].ipis": "IPIs sent to this vCPU so far",
+    "vcpus[i].ipi_pending": "an IPI was sent and not yet taken by the vCPU",
+    "vcpus[i].acks": "IPIs this vCPU has acknowledged",
+    "vcpus[i].pir": "set of posted-interrupt vectors still in the PIR",
+    "vcpus[i].pir_on": "the posted-interrupt descriptor's ON bit",
+    "vcpus[i].irr": "set of vectors the guest will see (moved from PIR at entry or on notification)",
+    "vcpus[i].stay_ipis": "IPIs sent since the vCPU last set IN_GUEST_MODE (IPI reduction)",
+    "vcpus[i].kicks": "tuple of (mode seen, request or -1 for a plain kick, action 'ipi'/'wake'/'none'), "
+                      "one per kick decision",
+    "vcpus[i].tlb_gen": "number of kvm_flush_remote_tlbs calls started when this vCPU last handled KVM_REQ_TLB_FLUSH",
+    "ipis_sent": "IPIs sent to all vCPUs so far",
+    "tlb_flushes_started": "kvm_flush_remote_tlbs calls started",
+    "tlb_flushes_done": "kvm_flush_remote_tlbs calls returned",
+})
+
+run_loop = register(Facet(
+    "run_loop",
+    "the vCPU run loop: request handling, the guest-entry sequence of 'Ensuring Requests Are Seen', guest mode",
+))
+run_loop.op("vcpu_run", [V, Arg("entries", "int", optional=True, default=1,
+            doc="how many guest-mode stays before returning to userspace")], "int",
+            "KVM_RUN: handle requests, enter the guest (local_irq_disable, IN_GUEST_MODE, smp_mb, "
+            "last kvm_request_pending check), run until an IPI forces an exit; repeat. "
+            "Returns 0, or -EIO once the VM is dead.", vcpu_thread=True)
+run_loop.op("walk_shadow_page_tables", [V], "none",
+            "Disable interrupts, set READING_SHADOW_PAGE_TABLES, walk, set OUTSIDE_GUEST_MODE, enable.",
+            vcpu_thread=True)
+run_loop.observables.update({
+    "vcpus[i].in_guest": "the vCPU is running guest code",
+    "vcpus[i].irqs_disabled": "the vCPU thread has interrupts disabled",
+    "vcpus[i].entries": "guest entries so far",
+    "vcpus[i].exits": "guest exits so far",
+    "vcpus[i].handled": "tuple of request numbers the run loop has handled, in order",
+    "vm_dead": "KVM_REQ_VM_DEAD has been made",
+})
+run_loop.extra_capabilities.update({
+    "entry_sequence": "the backend runs the documented guest-entry sequence step by step, "
+                      "with a scheduling point between each step (REQ-23 applies to it)",
+})
+
+block = register(Facet(
+    "block",
+    "kvm_vcpu_block, wake-ups, kvm_arch_vcpu_runnable and signals",
+))
+block.op("kvm_vcpu_block", [V], "str",
+         "Sleep on the vCPU's wait queue until kvm_vcpu_check_block says to stop; returns why: "
+         "'runnable', 'signal', 'unblock' (KVM_REQ_UNBLOCK) or 'timer'.", vcpu_thread=True)
+block.op("make_runnable", [V, Arg("kick", "bool", optional=True, default=True)], "none",
+         "An event makes kvm_arch_vcpu_runnable(@vcpu) true (e.g. an interrupt), then kicks it.")
+block.op("send_signal", [V], "none", "A signal becomes pending for the vCPU thread, which is woken.")
+block.observables.update({
+    "vcpus[i].sleeping": "the vCPU thread waits on its wait queue",
+    "vcpus[i].runnable": "kvm_arch_vcpu_runnable()",
+    "vcpus[i].wakeups": "times the vCPU thread was woken from its wait queue",
+    "vcpus[i].block_result": "why the last kvm_vcpu_block returned",
+    "vcpus[i].asleep": "the vCPU thread is in schedule() and nobody woke it yet",
+    "vcpus[i].signal_pending": "a signal is pending for the vCPU thread",
+})

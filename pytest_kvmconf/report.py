@@ -1,0 +1,123 @@
+"""How a violation reads: the litmus-test shape KVM engineers already know.
+
+The guarantee and its sentence, the parameters, one column per thread with a
+row per scheduling step (like the CPU1/CPU2 diagrams of the documents), the
+final state, the condition that failed, and the command that replays it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .engine.runner import Outcome
+from .facets.requests import MODE_NAMES, request_name
+
+COLUMN = 46
+
+
+def format_value(name: str, value: Any, doc_version: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return repr(value) if isinstance(value, str) else str(value)
+    if name in ("req", "request") or name.startswith("req"):
+        return f"{request_name(value, doc_version)} ({value:#x})"
+    return str(value)
+
+
+def timeline(outcome: Outcome, width: int = COLUMN) -> str:
+    threads = outcome.threads
+    col = {t: i for i, t in enumerate(threads)}
+    header = "  #  " + "".join(f"{t:<{width}}" for t in threads)
+    lines = [header.rstrip(), "  " + "-" * (len(header) - 2)]
+    for e in outcome.timeline:
+        cells = [""] * len(threads)
+        text = "; ".join(e.texts) if e.texts else "(returns)"
+        wrapped = textwrap.wrap(text, width - 2) or [""]
+        for j, part in enumerate(wrapped):
+            cells = [""] * len(threads)
+            cells[col[e.thread]] = part
+            num = f"{e.index:>3}" if j == 0 else "   "
+            lines.append(f"{num}  " + "".join(f"{c:<{width}}" for c in cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_state(state: Mapping[str, Any] | None, doc_version: str) -> str:
+    if state is None:
+        return "  (none)"
+    lines = []
+    for key, value in state.items():
+        if key == "vcpus" and isinstance(value, Sequence):
+            for v in value:
+                lines.append(f"  vcpu{v.get('id', '?')}: " + _vcpu(v, doc_version))
+        else:
+            lines.append(f"  {key} = {_short(value)}")
+    return "\n".join(lines)
+
+
+def _vcpu(v: Mapping[str, Any], doc_version: str) -> str:
+    parts = []
+    for k, val in v.items():
+        if k == "id" or val in (False, None, 0, (), frozenset(), {}, []):
+            continue
+        if k == "mode":
+            val = MODE_NAMES.get(val, val)
+        elif k == "requests":
+            val = "{" + ", ".join(request_name(r, doc_version) for r in sorted(val)) + "}"
+        elif k == "handled":
+            val = "[" + ", ".join(request_name(r, doc_version) for r in val) + "]"
+        parts.append(f"{k}={_short(val)}")
+    mode = "" if "mode=" in " ".join(parts) else "mode=OUTSIDE_GUEST_MODE "
+    return mode + " ".join(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, frozenset | set):
+        return "{" + ", ".join(map(str, sorted(value, key=str))) + "}"
+    text = str(value)
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def replay_command(outcome: Outcome, base_args: Sequence[str], backend: str, invocation_dir: str) -> str:
+    args = ["pytest", *base_args]
+    if not any(a.startswith("--kvm-backend") for a in base_args):
+        args.append(f"--kvm-backend={backend}")
+    args.append(f"--kvm-replay={outcome.schedule.encode()}")
+    return f"cd {shlex.quote(invocation_dir)} && " + " ".join(shlex.quote(a) for a in args)
+
+
+def violation_report(outcome: Outcome, doc_version: str, replay: str) -> str:
+    g, v = outcome.guarantee, outcome.violation
+    assert v is not None
+    out = [
+        f"{g.id} violated: {g.title}",
+        f"  {g.document}, {g.section} (document text {doc_version}):",
+        *("    " + line for line in textwrap.wrap(f'"{g.quote}"', 96)),
+        "",
+        f"what went wrong ({v.kind}): {v.message}",
+    ]
+    if v.check is not None:
+        label = {"always": "invariant", "final": "must hold at the end", "never": "forbidden outcome",
+                 "exists": "must be reachable"}[v.check.kind]
+        out.append(f"  {label}: {v.check.expr}" + (f"   (when {v.check.when})" if v.check.when else ""))
+        if v.at is not None:
+            out.append(f"  it stopped holding after step {v.at}")
+    out.append("")
+    if outcome.params:
+        out.append("parameters:")
+        out.extend(f"  {k} = {format_value(k, val, doc_version)}" for k, val in outcome.params.items())
+        out.append("")
+    out.append("schedule (one column per thread, one row per scheduling step):")
+    out.append(timeline(outcome))
+    out.append("")
+    if v.kind in ("deadlock", "hang", "livelock", "error"):
+        out.append("threads at the end:")
+        out.extend(f"  {p}" for p in outcome.positions)
+        out.append("")
+    out.append("final state:")
+    out.append(format_state(outcome.final_state, doc_version))
+    out.append("")
+    out.append("replay exactly this schedule:")
+    out.append(f"  {replay}")
+    return "\n".join(out)

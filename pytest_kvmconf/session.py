@@ -1,0 +1,41 @@
+"""The per-run state the plugin keeps in the pytest config stash."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .backend import Backend
+from .engine.schedule import Schedule
+from .registry import resolve
+
+
+@dataclass
+class RunState:
+    backend_name: str
+    doc_version: str
+    known_backends: dict[str, Callable[[], Any]]
+    spec_paths: list[Path]
+    replay: Schedule | None = None
+    free: bool = False
+    point_timeout: float = 5.0
+    base_args: list[str] = field(default_factory=list)
+    invocation_dir: str = "."
+    seen_ids: dict[str, Path] = field(default_factory=dict)
+    _backend: Backend | None = None
+
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = resolve(self.backend_name, self.known_backends)
+        return self._backend
+
+
+KEY = pytest.StashKey[RunState]()
+
+
+def state_of(config: pytest.Config) -> RunState:
+    return config.stash[KEY]

@@ -1,0 +1,382 @@
+"""Load spec files and validate them into :mod:`.model` objects.
+
+Every error names the file, the guarantee id and the key path, and says what
+is allowed, because the reader is a KVM engineer writing a spec, not someone
+debugging this loader.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import facets
+from .expr import Expr, ExprError, parse
+from .model import CHECK_KINDS, Check, Guarantee, Param, Sequence, Step, Thread
+from .versions import VersionRange, parse_version
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    import tomli as tomllib
+
+ID_RE = re.compile(r"^[A-Z]+-\d{2}(\.[a-z0-9]+)?$")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+DOCUMENT_KEYS = {"file": "document file in docs/kvm", "area": "marker name of the area",
+                 "title": "human title"}
+GUARANTEE_KEYS = {
+    "id": "catalogue id, e.g. REQ-15 or REQ-15.a",
+    "title": "one line saying what is guaranteed",
+    "section": "section of the document",
+    "quote": "the sentence of the document this checks",
+    "versions": "{ since = 'X.Y', until = 'X.Y' } document text versions stating it",
+    "needs": "extra backend capabilities (operations already imply their facets)",
+    "arch": "architecture the statement is about (x86_64, arm64, riscv)",
+    "vcpus": "number of vCPUs: an integer or the name of a parameter",
+    "machine": "table of machine options (values may name parameters)",
+    "params": "table of generated parameters",
+    "thread": "array of threads",
+    "check": "array of checks",
+    "max_steps": "bound on scheduling points of one schedule",
+}
+PARAM_KINDS = {"range": "[low, high] integers", "choice": "[values...]",
+               "from": "name of a named set", "bool": "true"}
+THREAD_KEYS = {"name": "thread name", "vcpu": "the vCPU this thread is the thread of",
+               "per_vcpu": "one copy of the thread per vCPU, `vcpu` bound to its index",
+               "steps": "array of steps", "sequence": "generated steps"}
+SEQUENCE_KEYS = {"length": "[min, max] number of steps", "choose": "array of step templates"}
+CHECK_KEYS = {**{k: "condition" for k in CHECK_KINDS}, "when": "filter for `always`",
+              "message": "what a violation means"}
+ENGINE_NAMES = {"threads", "step", "nr_vcpus"}
+
+
+class SpecError(Exception):
+    """A spec file that cannot be used; ``str()`` is the whole message."""
+
+    def __init__(self, file: Path | str, gid: str | None, key: str | None, message: str):
+        self.file, self.gid, self.key, self.message = str(file), gid, key, message
+        where = [self.file]
+        if gid:
+            where.append(f"guarantee {gid}")
+        if key:
+            where.append(f"key {key}")
+        super().__init__(f"{': '.join(where)}: {message}")
+
+
+def load_files(paths: Iterable[Path]) -> list[Guarantee]:
+    """Load several files; ids must be unique across all of them."""
+    out: list[Guarantee] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        for g in load_file(path):
+            if g.id in seen:
+                raise SpecError(path, g.id, "id",
+                                f"id {g.id} is already used in {seen[g.id]}; ids must be unique")
+            seen[g.id] = path
+            out.append(g)
+    return out
+
+
+def spec_files(dirs: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for d in dirs:
+        d = Path(d)
+        if d.is_file():
+            files.append(d)
+        else:
+            files.extend(sorted(d.glob("*.toml")))
+    return files
+
+
+def load_file(path: Path) -> list[Guarantee]:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(path, None, None, f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SpecError(path, None, None, f"cannot read: {exc.strerror}") from None
+    _keys(path, None, "", data, {"document": "", "guarantee": ""})
+    doc = data.get("document")
+    if not isinstance(doc, dict):
+        raise SpecError(path, None, "document", "a [document] table with file and area is required")
+    _keys(path, None, "document", doc, DOCUMENT_KEYS)
+    for k in ("file", "area"):
+        if not isinstance(doc.get(k), str) or not doc[k]:
+            raise SpecError(path, None, f"document.{k}", "required string")
+    raw = data.get("guarantee", [])
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(path, None, "guarantee", "at least one [[guarantee]] is required")
+    out, ids = [], set()
+    for i, g in enumerate(raw):
+        gid = g.get("id") if isinstance(g, dict) else None
+        if not isinstance(gid, str) or not ID_RE.match(gid):
+            raise SpecError(path, None, f"guarantee[{i}].id",
+                            f"required, of the form AREA-NN or AREA-NN.x (got {gid!r})")
+        if gid in ids:
+            raise SpecError(path, gid, "id", f"id {gid} appears twice in this file")
+        ids.add(gid)
+        out.append(_Builder(path, doc, gid, g).build())
+    return out
+
+
+def _keys(path: Path, gid: str | None, where: str, table: Mapping[str, Any],
+          allowed: Mapping[str, str]) -> None:
+    for key in table:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise SpecError(path, gid, f"{prefix}{key}",
+                            f"unknown key {key!r}; allowed: {', '.join(allowed)}")
+
+
+class _Builder:
+    """Validates one [[guarantee]] table."""
+
+    def __init__(self, path: Path, doc: Mapping[str, Any], gid: str, raw: Mapping[str, Any]):
+        self.path, self.doc, self.gid, self.raw = path, doc, gid, raw
+        self.constants = facets.all_constants()
+        self.ops = facets.all_ops()
+        self.params: dict[str, Param] = {}
+        self.bindings: set[str] = set()
+        self.roots = {re.split(r"[\[.]", n)[0] for n in facets.all_observables()} | ENGINE_NAMES
+
+    def err(self, key: str | None, message: str) -> SpecError:
+        return SpecError(self.path, self.gid, key, message)
+
+    def build(self) -> Guarantee:
+        raw = self.raw
+        _keys(self.path, self.gid, "", raw, GUARANTEE_KEYS)
+        for k in ("title", "section", "quote"):
+            if not isinstance(raw.get(k), str) or not raw[k].strip():
+                raise self.err(k, "required, a non-empty string")
+        versions = self.versions(raw.get("versions"))
+        for name, spec in self.table("params").items():
+            self.params[name] = self.param(f"params.{name}", name, spec)
+        vcpus = self.vcpus(raw.get("vcpus", 1))
+        threads = self.threads(raw.get("thread"))
+        machine = tuple((k, self.value(f"machine.{k}", v, set())) for k, v in self.table("machine").items())
+        checks = self.checks(raw.get("check"))
+        needs = set()
+        for t in threads:
+            for s in t.steps + (t.sequence.choose if t.sequence else ()):
+                if s.op.facet != "core":
+                    needs.add(s.op.facet)
+        caps = facets.all_capabilities()
+        extra = raw.get("needs", [])
+        if not isinstance(extra, list) or not all(isinstance(n, str) for n in extra):
+            raise self.err("needs", "a list of capability names")
+        for n in extra:
+            if n not in caps:
+                raise self.err("needs", f"unknown capability {n!r}; known: {', '.join(sorted(caps))}")
+        needs.update(extra)
+        arch = raw.get("arch")
+        if arch is not None and arch not in ("x86_64", "arm64", "riscv", "s390"):
+            raise self.err("arch", f"unknown architecture {arch!r}; allowed: x86_64, arm64, riscv, s390")
+        max_steps = raw.get("max_steps", 2000)
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise self.err("max_steps", "a positive integer")
+        area = self.doc["area"]
+        return Guarantee(
+            id=self.gid, title=raw["title"].strip(), file=self.path, document=self.doc["file"],
+            area=area, section=raw["section"].strip(), quote=" ".join(raw["quote"].split()),
+            versions=versions, needs=frozenset(needs), arch=arch, vcpus=vcpus, machine=machine,
+            params=tuple(self.params.values()), threads=threads, checks=checks,
+            max_steps=max_steps, markers=(area, *sorted(f"needs_{n}" for n in needs)),
+        )
+
+    def table(self, key: str) -> Mapping[str, Any]:
+        value = self.raw.get(key, {})
+        if not isinstance(value, dict):
+            raise self.err(key, "must be a table")
+        return value
+
+    def versions(self, value: Any) -> VersionRange:
+        if not isinstance(value, dict) or "since" not in value:
+            raise self.err("versions", "required: { since = 'X.Y' } and optionally until = 'X.Y'")
+        _keys(self.path, self.gid, "versions", value, {"since": "", "until": ""})
+        try:
+            for v in value.values():
+                parse_version(v)
+        except ValueError as exc:
+            raise self.err("versions", str(exc)) from None
+        return VersionRange(str(value["since"]), value.get("until"))
+
+    def param(self, key: str, name: str, spec: Any) -> Param:
+        if not NAME_RE.match(name) or name in self.constants:
+            raise self.err(key, "a parameter name must be an identifier and not a constant's name")
+        if isinstance(spec, bool):
+            spec = {"bool": spec}
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in PARAM_KINDS:
+            allowed = "; ".join(f"{k} = {d}" for k, d in PARAM_KINDS.items())
+            raise self.err(key, f"a parameter is a table with exactly one of: {allowed}")
+        kind, v = next(iter(spec.items()))
+        if kind == "range":
+            if (not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, int) for x in v)
+                    or v[0] > v[1]):
+                raise self.err(f"{key}.range", "[low, high] with integers low <= high")
+            return Param(name, "range", low=v[0], high=v[1])
+        if kind == "choice":
+            if not isinstance(v, list) or not v:
+                raise self.err(f"{key}.choice", "a non-empty list")
+            vals = tuple(self.constants.get(x, x) if isinstance(x, str) else x for x in v)
+            return Param(name, "choice", values=vals)
+        if kind == "from":
+            sets = facets.all_named_sets()
+            if v not in sets:
+                raise self.err(f"{key}.from", f"unknown named set {v!r}; known: {', '.join(sorted(sets))}")
+            return Param(name, "set", set_name=v)
+        if v is not True:
+            raise self.err(f"{key}.bool", "write bool = true")
+        return Param(name, "bool", values=(False, True))
+
+    def vcpus(self, value: Any) -> int | Expr:
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64:
+            return value
+        if isinstance(value, str):
+            return self.expr("vcpus", value, set())
+        raise self.err("vcpus", "an integer from 1 to 64, or an expression naming a parameter")
+
+    def expr(self, key: str, source: Any, extra: set[str]) -> Expr:
+        known = self.params.keys() | self.constants.keys() | self.bindings | extra | {"nr_vcpus"}
+        try:
+            return parse(source, known.__contains__)
+        except ExprError as exc:
+            hint = ""
+            if "unknown name" in str(exc):
+                hint = f"; known names: parameters ({', '.join(self.params) or 'none'}), bindings " \
+                       f"({', '.join(sorted(self.bindings)) or 'none'}), observables " \
+                       f"({', '.join(sorted(extra)) or 'none'}) and the facets' constants"
+            raise self.err(key, f"{exc}{hint}") from None
+
+    def value(self, key: str, v: Any, extra: set[str]) -> Any:
+        return self.expr(key, v, extra) if isinstance(v, str) else v
+
+    def threads(self, raw: Any) -> tuple[Thread, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise self.err("thread", "at least one [[guarantee.thread]] is required")
+        # Bindings are visible everywhere (as None until their step ran).
+        for ti, t in enumerate(raw):
+            if not isinstance(t, dict):
+                raise self.err(f"thread[{ti}]", "must be a table")
+            for si, s in enumerate(t.get("steps", [])):
+                if isinstance(s, dict) and isinstance(s.get("as"), str):
+                    b = s["as"]
+                    if not NAME_RE.match(b) or b in self.params or b in self.constants or b in self.bindings:
+                        raise self.err(f"thread[{ti}].steps[{si}].as",
+                                       f"binding {b!r} must be a new identifier")
+                    self.bindings.add(b)
+        out, names = [], set()
+        for ti, t in enumerate(raw):
+            key = f"thread[{ti}]"
+            _keys(self.path, self.gid, key, t, THREAD_KEYS)
+            name = t.get("name")
+            if not isinstance(name, str) or not NAME_RE.match(name) or name in names:
+                raise self.err(f"{key}.name", "a unique identifier is required")
+            names.add(name)
+            vcpu = t.get("vcpu")
+            per_vcpu = bool(t.get("per_vcpu", False))
+            if vcpu is not None and (not isinstance(vcpu, int) or vcpu < 0):
+                raise self.err(f"{key}.vcpu", "a vCPU index")
+            if per_vcpu and vcpu is not None:
+                raise self.err(f"{key}.per_vcpu", "per_vcpu threads get their vcpu from the copy; drop `vcpu`")
+            loop = {"vcpu"} if per_vcpu else set()
+            steps = tuple(self.step(f"{key}.steps[{si}]", s, loop, vcpu, per_vcpu)
+                          for si, s in enumerate(t.get("steps", [])))
+            seq = self.sequence(f"{key}.sequence", t["sequence"], loop, vcpu, per_vcpu) \
+                if "sequence" in t else None
+            if not steps and not seq:
+                raise self.err(key, "a thread needs steps or a sequence")
+            out.append(Thread(name, vcpu, per_vcpu, steps, seq))
+        return tuple(out)
+
+    def step(self, key: str, raw: Any, loop: set[str], vcpu: int | None, per_vcpu: bool,
+             allow_params: bool = False, local: set[str] | None = None) -> Step:
+        if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
+            raise self.err(key, "a step is a table with op = '<operation>'")
+        name = raw["op"]
+        op = self.ops.get(name)
+        if op is None:
+            raise self.err(f"{key}.op", f"unknown operation {name!r}; known: {', '.join(sorted(self.ops))}")
+        args = {}
+        for k, v in raw.items():
+            if k in ("op", "as") or (allow_params and k == "params"):
+                continue
+            a = op.arg(k)
+            if a is None:
+                allowed = ", ".join(x.name for x in op.args) or "none"
+                raise self.err(f"{key}.{k}", f"{name} takes no argument {k!r}; its arguments: {allowed}")
+            if isinstance(v, str) and a.type != "str":
+                args[k] = self.expr(f"{key}.{k}", v, loop | (local or set()))
+            elif not facets.ARG_TYPES[a.type](v):
+                raise self.err(f"{key}.{k}", f"{name}.{k} must be of type {a.type} (got {v!r})")
+            else:
+                args[k] = v
+        for a in op.args:
+            if a.name not in args:
+                if not a.optional:
+                    raise self.err(key, f"{name} needs argument {a.name!r} ({a.doc or a.type})")
+                args[a.name] = a.default
+        if op.vcpu_thread:
+            target = args.get("vcpu")
+            ok = per_vcpu and isinstance(target, Expr) and target.source == "vcpu" \
+                or (vcpu is not None and target == vcpu)
+            if not ok:
+                raise self.err(key, f"{name} runs on the vCPU's own thread: call it from a thread "
+                                    f"declared with vcpu = {target!r} (or per_vcpu with vcpu = 'vcpu')")
+        bind = raw.get("as")
+        return Step(op, tuple(args.items()), bind, key)
+
+    def sequence(self, key: str, raw: Any, loop: set[str], vcpu: int | None, per_vcpu: bool) -> Sequence:
+        if not isinstance(raw, dict):
+            raise self.err(key, "a table with length and choose")
+        _keys(self.path, self.gid, key, raw, SEQUENCE_KEYS)
+        length = raw.get("length")
+        if not (isinstance(length, list) and len(length) == 2 and all(isinstance(x, int) for x in length)
+                and 0 <= length[0] <= length[1] <= 200):
+            raise self.err(f"{key}.length", "[min, max] with 0 <= min <= max <= 200")
+        choose = raw.get("choose")
+        if not isinstance(choose, list) or not choose:
+            raise self.err(f"{key}.choose", "a non-empty array of step templates")
+        steps, params = [], []
+        for ci, c in enumerate(choose):
+            ckey = f"{key}.choose[{ci}]"
+            local_params = c.get("params", {}) if isinstance(c, dict) else {}
+            if not isinstance(local_params, dict):
+                raise self.err(f"{ckey}.params", "must be a table")
+            ps = tuple(self.param(f"{ckey}.params.{n}", n, s) for n, s in local_params.items())
+            if isinstance(c, dict) and "as" in c:
+                raise self.err(f"{ckey}.as", "generated steps cannot bind results")
+            steps.append(self.step(ckey, c, loop, vcpu, per_vcpu, allow_params=True,
+                                   local={p.name for p in ps}))
+            params.append(ps)
+        return Sequence(length[0], length[1], tuple(steps), tuple(params))
+
+    def checks(self, raw: Any) -> tuple[Check, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise self.err("check", "at least one [[guarantee.check]] is required")
+        out = []
+        for i, c in enumerate(raw):
+            key = f"check[{i}]"
+            if not isinstance(c, dict):
+                raise self.err(key, "must be a table")
+            _keys(self.path, self.gid, key, c, CHECK_KEYS)
+            kinds = [k for k in CHECK_KINDS if k in c]
+            if len(kinds) != 1:
+                raise self.err(key, f"exactly one of {', '.join(CHECK_KINDS)} is required")
+            kind = kinds[0]
+            names = self.roots | ({"old"} if kind == "always" else set())
+            expr = self.expr(f"{key}.{kind}", c[kind], names)
+            when = None
+            if "when" in c:
+                if kind != "always":
+                    raise self.err(f"{key}.when", "only `always` checks take `when`")
+                when = self.expr(f"{key}.when", c["when"], names)
+            message = c.get("message", "")
+            if not isinstance(message, str):
+                raise self.err(f"{key}.message", "a string")
+            out.append(Check(kind, expr, when, message))
+        return tuple(out)

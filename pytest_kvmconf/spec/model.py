@@ -1,0 +1,88 @@
+"""What a loaded, validated spec is: plain frozen data, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..facets import Op
+from .expr import Expr
+from .versions import VersionRange
+
+CheckKind = Literal["always", "final", "never", "exists"]
+CHECK_KINDS: tuple[CheckKind, ...] = ("always", "final", "never", "exists")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A generated parameter: ``kind`` is range, choice, set or bool."""
+
+    name: str
+    kind: str
+    values: tuple[Any, ...] = ()
+    low: int = 0
+    high: int = 0
+    set_name: str = ""
+
+
+@dataclass(frozen=True)
+class Step:
+    op: Op
+    #: argument -> literal value or Expr over params, constants and bindings.
+    args: tuple[tuple[str, Any], ...]
+    bind: str | None
+    where: str  # key path in the TOML file, for messages
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """A thread whose steps are drawn: ``length`` steps, each one of ``choose``."""
+
+    min_length: int
+    max_length: int
+    choose: tuple[Step, ...]
+    #: per-choice parameters, drawn afresh for each occurrence.
+    choice_params: tuple[tuple[Param, ...], ...]
+
+
+@dataclass(frozen=True)
+class Thread:
+    name: str
+    vcpu: int | None
+    per_vcpu: bool
+    steps: tuple[Step, ...]
+    sequence: Sequence | None
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: CheckKind
+    expr: Expr
+    when: Expr | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    id: str
+    title: str
+    file: Path
+    document: str
+    area: str
+    section: str
+    quote: str
+    versions: VersionRange
+    needs: frozenset[str]
+    arch: str | None
+    vcpus: int | Expr
+    machine: tuple[tuple[str, Any], ...]
+    params: tuple[Param, ...]
+    threads: tuple[Thread, ...]
+    checks: tuple[Check, ...]
+    max_steps: int = 2000
+    markers: tuple[str, ...] = field(default=())
+
+    @property
+    def has_exists(self) -> bool:
+        return any(c.kind == "exists" for c in self.checks)
