@@ -19,6 +19,12 @@ Formatter = Callable[[PlannedStep, dict[str, Any]], str]
 ResultFormatter = Callable[[PlannedStep, Any], str]
 
 
+class BackendHang(Exception):
+    """A thread executor's report that a backend thread hung, deadlocked
+    outside the scheduler or died; the message lists every thread's last
+    scheduling point (and stack)."""
+
+
 class Handle:
     """One spec thread as the scheduler sees it."""
 

@@ -19,7 +19,7 @@ from ..backend import Backend, MachineConfig, default_arch
 from ..facets.requests import request_name
 from ..spec.expr import EvalError, Expr
 from ..spec.model import Check, Guarantee
-from .executor import GeneratorHandle, Handle
+from .executor import BackendHang, GeneratorHandle, Handle
 from .plan import PlannedStep, make_plans
 from .schedule import Chooser, Schedule
 
@@ -182,6 +182,8 @@ class _Scheduler:
                         break
         except EvalError as exc:
             out.violation = Violation("error", f"a condition could not be evaluated: {exc}")
+        except BackendHang as exc:
+            out.violation = Violation("hang", str(exc))
         except Exception as exc:  # the backend itself failed: a finding, with its traceback
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))
             out.violation = Violation("error", f"the backend raised {type(exc).__name__}: {exc}\n{tb}")

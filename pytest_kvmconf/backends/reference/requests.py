@@ -9,7 +9,7 @@ models, so a broken variant overrides one of them.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,10 +96,9 @@ class VCpu:
 
 
 class RequestsModel:
-    execution = "generator"
+    """Facet mixin: requests, kick, run_loop, block."""
 
-    def __init__(self, config: MachineConfig):
-        self.config = config
+    def init_requests(self, config: MachineConfig) -> None:
         self.old_text = is_old_text(config.doc_version)
         self.vcpus = [VCpu(i) for i in range(config.vcpus)]
         self.ipis_sent = 0
@@ -107,14 +106,7 @@ class RequestsModel:
         self.tlb_flushes_started = 0
         self.tlb_flushes_done = 0
 
-    # -- machine interface -------------------------------------------------
-    def run_op(self, ctx: ThreadContext, op: str, args: Mapping[str, Any]) -> Steps:
-        method = getattr(self, op, None)
-        if method is None or op.startswith("_"):
-            raise NotImplementedError(f"the reference model has no operation {op!r}")
-        return method(ctx, **args)
-
-    def observe(self) -> dict[str, Any]:
+    def observe_requests(self) -> dict[str, Any]:
         return {
             "vcpus": [v.view() for v in self.vcpus],
             "ipis_sent": self.ipis_sent,
@@ -122,9 +114,6 @@ class RequestsModel:
             "tlb_flushes_started": self.tlb_flushes_started,
             "tlb_flushes_done": self.tlb_flushes_done,
         }
-
-    def close(self) -> None:
-        pass
 
     def name(self, req: int) -> str:
         return request_name(req, self.config.doc_version)
