@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
 
 from ..backend import Backend
 from ..spec.model import Guarantee
@@ -40,7 +41,7 @@ class Stats:
 
 
 def explore(g: Guarantee, backend: Backend, options: RunOptions,
-            base: settings | None = None) -> Stats:
+            base: settings | None = None, seed: int | None = None) -> Stats:
     """Run hypothesis over schedules of ``g``; raise ViolationFound or NothingReached."""
     stats = Stats()
     last: list[Outcome] = []
@@ -65,6 +66,8 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                HealthCheck.filter_too_much],
     )(given(schedule_strategy(g, options.doc_version))(check))
+    if seed is not None:
+        test = hypothesis_seed(seed)(test)
     start = time.perf_counter()
     try:
         test()

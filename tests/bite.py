@@ -1,0 +1,52 @@
+"""Run one guarantee against one backend the way the plugin does, with a fixed seed.
+
+``verdict(gid, backend)`` returns the exception the run raised (a
+ViolationFound or NothingReached) or None when the guarantee held; tests use
+it to prove that each broken backend is caught within the default budget and
+that the correct backends pass.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from hypothesis import settings
+
+from pytest_kvmconf.backend import Backend, skip_reason
+from pytest_kvmconf.engine.explore import NothingReached, Stats, ViolationFound, explore
+from pytest_kvmconf.engine.runner import RunOptions
+from pytest_kvmconf.spec.loader import load_files, spec_files
+from pytest_kvmconf.spec.model import Guarantee
+from pytest_kvmconf.spec.versions import NEWEST
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+#: hypothesis' default budget; a broken backend must be caught within it.
+BUDGET = 100
+
+
+@cache
+def guarantees() -> dict[str, Guarantee]:
+    return {g.id: g for g in load_files(spec_files([SPECS]))}
+
+
+def applicable(g: Guarantee, backend: Backend, doc_version: str = NEWEST) -> bool:
+    return g.versions.contains(doc_version) and skip_reason(backend, g.needs, g.arch, doc_version) is None
+
+
+def verdict(gid: str, backend: Backend, doc_version: str = NEWEST, seed: int = 0,
+            max_examples: int = BUDGET, **run_options) -> ViolationFound | NothingReached | None:
+    g = guarantees()[gid]
+    base = settings(max_examples=max_examples, database=None, deadline=None)
+    try:
+        explore(g, backend, RunOptions(doc_version, **run_options), base, seed=seed)
+    except (ViolationFound, NothingReached) as exc:
+        return exc
+    return None
+
+
+def stats(gid: str, backend: Backend, doc_version: str = NEWEST, seed: int = 0,
+          max_examples: int = BUDGET) -> Stats:
+    g = guarantees()[gid]
+    return explore(g, backend, RunOptions(doc_version),
+                   settings(max_examples=max_examples, database=None, deadline=None), seed=seed)
