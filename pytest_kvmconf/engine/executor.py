@@ -9,6 +9,7 @@ real OS threads. The scheduler in :mod:`.runner` only sees handles.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 from ..backend import Machine, ThreadContext
@@ -17,6 +18,19 @@ from .plan import PlannedStep, ThreadPlan
 
 Formatter = Callable[[PlannedStep, dict[str, Any]], str]
 ResultFormatter = Callable[[PlannedStep, Any], str]
+
+
+@dataclass(frozen=True)
+class Returned:
+    """An operation returned to its thread. It ends an advance of its own, so
+    that checks see each operation's result (``step.returned``, ``step.result``)
+    and the state when it started (``step.before``)."""
+
+    op: str
+    args: dict[str, Any]
+    result: Any
+    before: Any
+    text: str
 
 
 class BackendHang(Exception):
@@ -34,6 +48,10 @@ class Handle:
     position: str = "start"
     #: texts of what the last advance did, for the timeline.
     texts: list[str]
+    #: the operation that returned in the last advance, if one did.
+    returned: Returned | None = None
+    #: the operation the thread is in (or last ran).
+    current_op: str = ""
 
     def runnable(self) -> bool:
         raise NotImplementedError
@@ -65,17 +83,24 @@ def engine_op(machine: Machine, ps: PlannedStep, args: dict[str, Any]) -> tuple[
 
 
 class GeneratorHandle(Handle):
-    def __init__(self, machine: Machine, plan: ThreadPlan, fmt: Formatter, fmt_result: ResultFormatter):
+    def __init__(self, machine: Machine, plan: ThreadPlan, fmt: Formatter, fmt_result: ResultFormatter,
+                 capture_before: bool = False):
         self.name, self.vcpu = plan.name, plan.vcpu
         self.machine, self.plan = machine, plan
         self.fmt, self.fmt_result = fmt, fmt_result
         self.ctx = ThreadContext(plan.name, plan.vcpu)
         self.texts = []
         self.waiting: Wait | None = None
+        self.returned = None
+        self.current_op = ""
+        self.capture_before = capture_before
+        self.ops_left = len(plan.steps)
         self.gen = self.program()
 
-    def program(self) -> Generator[Point | Wait, None, None]:
+    def program(self) -> Generator[Point | Wait | Returned, None, None]:
         for ps, args in self.plan.calls():
+            self.current_op = ps.step.op.name
+            before = self.machine.observe() if self.capture_before else None
             self.texts.append(self.fmt(ps, args))
             handled, result, label = engine_op(self.machine, ps, args)
             if handled:
@@ -83,9 +108,7 @@ class GeneratorHandle(Handle):
             else:
                 result = yield from self.machine.run_op(self.ctx, ps.step.op.name, args)
             self.plan.bind(ps, result)
-            shown = self.fmt_result(ps, result)
-            if shown:
-                self.texts.append(shown)
+            yield Returned(ps.step.op.name, args, result, before, self.fmt_result(ps, result))
 
     def runnable(self) -> bool:
         return not self.done and (self.waiting is None or self.waiting.until())
@@ -96,11 +119,20 @@ class GeneratorHandle(Handle):
     def advance(self) -> None:
         self.texts = []
         self.waiting = None
+        self.returned = None
         try:
             p = next(self.gen)
         except StopIteration:
             self.done = True
             self.position = "done"
+            return
+        if isinstance(p, Returned):
+            self.returned = p
+            self.texts.append(p.text or f"{p.op} returns")
+            self.position = f"returned from {p.op}"
+            self.ops_left -= 1
+            # Nothing left to run: done now, not after one more empty advance.
+            self.done = self.ops_left == 0
             return
         self.texts.append(p.label)
         self.position = p.label

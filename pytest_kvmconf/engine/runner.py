@@ -90,13 +90,27 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
 
             handles = thread_handles(machine, plans, fmt.call, fmt.result, options)
         else:
-            handles = [GeneratorHandle(machine, p, fmt.call, fmt.result) for p in plans]
+            capture = any("step" in c.expr.names or (c.when is not None and "step" in c.when.names)
+                          for c in g.checks if c.kind == "always")
+            handles = [GeneratorHandle(machine, p, fmt.call, fmt.result, capture) for p in plans]
         _Scheduler(g, machine, handles, schedule, outcome, env, bindings).run()
     finally:
         for h in handles:
             h.close()
         machine.close()
     return outcome
+
+
+NO_STEP = {"thread": "", "vcpu": -1, "op": "", "label": "", "returned": "", "args": {},
+           "result": None, "before": None}
+
+
+def _step(h: Handle) -> dict[str, Any]:
+    """What `step` means in an `always` check: the advance just taken."""
+    r = h.returned
+    return {"thread": h.name, "vcpu": -1 if h.vcpu is None else h.vcpu, "op": h.current_op,
+            "label": h.position, "returned": r.op if r else "", "args": r.args if r else {},
+            "result": r.result if r else None, "before": r.before if r else None}
 
 
 class _Formats:
@@ -137,7 +151,7 @@ class _Scheduler:
               old: Mapping[str, Any] | None) -> dict[str, Any]:
         env = {**self.env, **self.bindings, **state}
         env["threads"] = {h.name: {"done": h.done, "position": h.position} for h in self.handles}
-        env["step"] = step or {"thread": "", "vcpu": -1, "op": "", "label": ""}
+        env["step"] = step or NO_STEP
         if old is not None:
             env["old"] = old
         return env
@@ -157,7 +171,12 @@ class _Scheduler:
                 runnable = [h for h in handles if not h.done and h.runnable()]
                 if not runnable:
                     break
-                h = chooser.pick(runnable, current)
+                if current is not None and current.returned is not None and current in runnable:
+                    # A return does nothing another thread could see: switching after it is
+                    # the same interleaving as switching before it, so it is no decision.
+                    h = current
+                else:
+                    h = chooser.pick(runnable, current)
                 old = state
                 h.advance()
                 current = h
@@ -169,9 +188,7 @@ class _Scheduler:
                     break
                 if self.always:
                     state = self.machine.observe()
-                    op = h.texts[0].split("(")[0] if h.texts else ""
-                    step = {"thread": h.name, "vcpu": -1 if h.vcpu is None else h.vcpu,
-                            "op": op, "label": h.position}
+                    step = _step(h)
                     env = self.names(state, step, old)
                     for c in self.always:
                         if not self.holds(c, env):

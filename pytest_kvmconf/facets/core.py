@@ -16,6 +16,8 @@ core.op(
 
 core.observables.update({
     "threads": "threads.<name>.done (bool) and threads.<name>.position (last scheduling point label)",
-    "step": "the step just taken: step.thread, step.vcpu (-1 for non-vCPU threads), step.op, step.label",
+    "step": "the step just taken: step.thread, step.vcpu (-1 for non-vCPU threads), step.op (operation "
+            "being run), step.label; when an operation returned in this step: step.returned (its name), "
+            "step.args, step.result and step.before (the state when it started)",
     "old": "the state before the step just taken (only in `always` checks)",
 })

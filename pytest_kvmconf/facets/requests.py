@@ -84,6 +84,10 @@ def request_name(req: int, doc_version: str = "6.18") -> str:
     for name, value in names.items():
         if value == req:
             return name
+    if req <= KVM_REQUEST_MASK:  # a bare bit number, as in the vcpu->requests bitmap
+        for name, value in names.items():
+            if value & KVM_REQUEST_MASK == req and not value & KVM_REQUEST_NO_ACTION:
+                return name
     flags = [f for f, b in (("NO_WAKEUP", KVM_REQUEST_NO_WAKEUP), ("WAIT", KVM_REQUEST_WAIT),
                             ("NO_ACTION", KVM_REQUEST_NO_ACTION)) if req & b]
     return f"req {req & KVM_REQUEST_MASK}" + (f"|{'|'.join(flags)}" if flags else "")
