@@ -11,6 +11,7 @@ from .backend import skip_reason
 from .engine.explore import NothingReached, ViolationFound, explore, replay
 from .engine.runner import RunOptions
 from .engine.schedule import Schedule
+from .profiles import base_settings
 from .report import replay_command, violation_report
 from .session import RunState, state_of
 from .spec.loader import SpecError, load_file
@@ -63,7 +64,7 @@ class GuaranteeItem(pytest.Item):
         if run.replay is not None:
             replay(g, backend, options, run.replay)
             return
-        self.stats = explore(g, backend, options)
+        self.stats = explore(g, backend, options, base=base_settings(self.config))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         run = state_of(self.config)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from . import hookspecs
+from . import conformance, expectations, hookspecs, profiles
 from .collect import SpecFile, replay_schedule
 from .registry import BackendError, bundled, entry_point_backends, resolve
 from .session import KEY, RunState, state_of
@@ -51,6 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="thread backends: how long one step may take before it counts as a hang")
     parser.addini("kvm_specs", "folders of spec files to run", type="paths", default=[])
     parser.addini("kvm_backend", "default backend", default=DEFAULT_BACKEND)
+    conformance.add_options(group)
+    expectations.add_options(group)
+    profiles.add_options(group, parser)
 
 
 def _known_backends(config: pytest.Config) -> dict:
@@ -96,7 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except ValueError as exc:
             raise pytest.UsageError(f"--kvm-replay: {exc}") from None
     paths = [Path(p) for p in opt.kvm_specs] + list(config.getini("kvm_specs"))
-    active = bool(opt.kvm_backend or opt.kvm_specs or replay)
+    active = bool(opt.kvm_backend or opt.kvm_specs or replay or opt.kvm_list or opt.kvm_report)
     if active and not opt.kvm_no_bundled:
         b = bundled_specs()
         if b is not None:
@@ -121,6 +124,9 @@ def pytest_configure(config: pytest.Config) -> None:
             state.backend()  # fail early, with the list of known backends
         except BackendError as exc:
             raise pytest.UsageError(str(exc)) from None
+    profiles.profile_name(config)  # a wrong kvm_profile ini value fails here, not per item
+    expectations.configure(config, state.backend() if paths else None)
+    conformance.configure(config)
     from .facets import all_capabilities
 
     for area in ("requests", "mp", "attr", "locking", "spte"):
@@ -161,6 +167,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             raise pytest.UsageError(f"--kvm-replay: no guarantee {state.replay.guarantee} among the specs")
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
+
+
+pytest_cmdline_main = conformance.pytest_cmdline_main  # --kvm-list
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -1,0 +1,53 @@
+"""Search budgets: how many schedules hypothesis explores per guarantee.
+
+Two hypothesis profiles are registered on import, so they also work with
+hypothesis' own ``--hypothesis-profile``:
+
+* ``kvmconf-quick``: a few schedules per guarantee, for editing a spec or a
+  backend and getting an answer in seconds;
+* ``kvmconf-thorough``: many schedules, for nightly runs.
+
+``--kvm-profile=quick|default|thorough`` (or ``kvm_profile`` in the ini file)
+chooses one for the guarantees only; ``default`` passes nothing, so the
+guarantees get whatever hypothesis is configured with (its default budget of
+100 examples unless ``--hypothesis-profile`` says otherwise).
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+
+QUICK = "kvmconf-quick"
+THOROUGH = "kvmconf-thorough"
+#: --kvm-profile value -> hypothesis profile name (None: hypothesis' current settings).
+PROFILES: dict[str, str | None] = {"quick": QUICK, "default": None, "thorough": THOROUGH}
+
+# The bite tests show every broken backend is caught within 100 examples, so
+# 10 still catches the blatant breakages while a whole run takes seconds;
+# 2000 is twenty times the default budget, for rare interleavings.
+settings.register_profile(QUICK, max_examples=10)
+settings.register_profile(THOROUGH, max_examples=2000)
+
+
+def add_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
+    group.addoption("--kvm-profile", dest="kvm_profile", default=None, choices=tuple(PROFILES),
+                    help="search budget per guarantee: quick (10 schedules), default (hypothesis' "
+                         "settings, 100 unless --hypothesis-profile says otherwise) or thorough (2000). "
+                         "Ini: kvm_profile")
+    parser.addini("kvm_profile", "search budget per guarantee: quick, default or thorough", default="default")
+
+
+def profile_name(config: pytest.Config) -> str:
+    """The chosen --kvm-profile value; a wrong ini value is a usage error."""
+    name = config.getoption("kvm_profile", None) or config.getini("kvm_profile") or "default"
+    if name not in PROFILES:
+        raise pytest.UsageError(f"kvm_profile = {name!r} in the ini file: choose one of "
+                                f"{', '.join(PROFILES)}")
+    return name
+
+
+def base_settings(config: pytest.Config) -> settings | None:
+    """The settings to pass as ``base`` to engine.explore.explore (None keeps hypothesis' own)."""
+    hypothesis_profile = PROFILES[profile_name(config)]
+    return None if hypothesis_profile is None else settings.get_profile(hypothesis_profile)
