@@ -62,7 +62,8 @@ def configure(config: pytest.Config) -> None:
     config.pluginmanager.register(RecordPlugin(), "kvmconf-record")
     paths = report_paths(config)
     # Under xdist the workers only record; the controller writes the files.
-    if paths is not None and not hasattr(config, "workerinput"):
+    # --kvm-list runs nothing, so it reports nothing.
+    if paths is not None and not hasattr(config, "workerinput") and not config.getoption("kvm_list", False):
         config.pluginmanager.register(ConformancePlugin(config, *paths), "kvmconf-conformance")
 
 
@@ -265,10 +266,10 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 def _list_main(config: pytest.Config, session: pytest.Session) -> int:
     session.perform_collect()
+    if session.testsfailed:  # spec errors: reported like any collection error
+        n = session.testsfailed
+        raise session.Interrupted(f"{n} error{'s' if n > 1 else ''} during collection; nothing listed")
     tw = config.get_terminal_writer()
-    if session.testsfailed:
-        tw.line("kvmconf: the catalogue has errors (see above); nothing listed", red=True)
-        return pytest.ExitCode.INTERRUPTED
     run = state_of(config)
     expected = plugin_of(config)
     items = [i for i in session.items if getattr(i, "guarantee", None) is not None]
