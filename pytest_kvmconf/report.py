@@ -14,16 +14,21 @@ from typing import Any
 
 from .engine.runner import Outcome
 from .facets.requests import MODE_NAMES, request_name
+from .spec.model import Param
 
 COLUMN = 46
 
 
-def format_value(name: str, value: Any, doc_version: str) -> str:
+def format_value(name: str, value: Any, doc_version: str, is_request: bool = False) -> str:
     if isinstance(value, bool) or not isinstance(value, int):
         return repr(value) if isinstance(value, str) else str(value)
-    if name in ("req", "request") or name.startswith("req"):
+    if is_request or name in ("req", "request"):
         return f"{request_name(value, doc_version)} ({value:#x})"
     return str(value)
+
+
+def _is_request_param(p: Param) -> bool:
+    return p.kind == "set" and p.set_name.endswith("requests")
 
 
 def timeline(outcome: Outcome, width: int = COLUMN) -> str:
@@ -106,7 +111,9 @@ def violation_report(outcome: Outcome, doc_version: str, replay: str) -> str:
     out.append("")
     if outcome.params:
         out.append("parameters:")
-        out.extend(f"  {k} = {format_value(k, val, doc_version)}" for k, val in outcome.params.items())
+        requests = {p.name for p in g.params if _is_request_param(p)}
+        out.extend(f"  {k} = {format_value(k, val, doc_version, k in requests)}"
+                   for k, val in outcome.params.items())
         out.append("")
     out.append("schedule (one column per thread, one row per scheduling step):")
     out.append(timeline(outcome))

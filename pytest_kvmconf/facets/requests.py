@@ -125,6 +125,9 @@ requests.named_sets.update({
     "request_flags": lambda v: (0, KVM_REQUEST_NO_WAKEUP, KVM_REQUEST_WAIT,
                                 KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP),
     "request_numbers": lambda v: tuple(range(0, 32)),
+    "wait_requests": lambda v: tuple(r for r in arch_independent_requests(v) if r & KVM_REQUEST_WAIT),
+    "no_wakeup_requests": lambda v: tuple(r for r in arch_independent_requests(v)
+                                          if r & KVM_REQUEST_NO_WAKEUP),
     "vcpu_modes": lambda v: tuple(MODE_NAMES),
 })
 V = Arg("vcpu", "vcpu", doc="index of the target vCPU")
@@ -168,7 +171,8 @@ kick.observables.update({
     "vcpus[i].pir": "set of posted-interrupt vectors still in the PIR",
     "vcpus[i].pir_on": "the posted-interrupt descriptor's ON bit",
     "vcpus[i].irr": "set of vectors the guest will see (moved from PIR at entry or on notification)",
-    "vcpus[i].stay_ipis": "IPIs sent since the vCPU last set IN_GUEST_MODE (IPI reduction)",
+    "vcpus[i].stay_ipis": "IPIs decided for this vCPU (kicks and requests that chose to send one) since it "
+                          "last set IN_GUEST_MODE (IPI reduction)",
     "vcpus[i].kicks": "tuple of (mode seen, request or -1 for a plain kick, action 'ipi'/'wake'/'none'), "
                       "one per kick decision",
     "vcpus[i].tlb_gen": "number of kvm_flush_remote_tlbs calls started when this vCPU last handled KVM_REQ_TLB_FLUSH",

@@ -122,7 +122,8 @@ def parse(source: str, known: Callable[[str], bool] | None = None) -> Expr:
     if not isinstance(source, str) or not source.strip():
         raise ExprError("a condition must be a non-empty string")
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        # Parenthesised so that a condition may span several lines of a TOML string.
+        tree = ast.parse(f"(\n{source.strip()}\n)", mode="eval")
     except SyntaxError as exc:
         raise ExprError(f"syntax error in {source!r}: {exc.msg}") from None
     free: set[str] = set()

@@ -54,6 +54,7 @@ class VCpu:
     stay_ipis: int = 0
     kicks: list[tuple[int, int, str]] = field(default_factory=list)
     sleeping: bool = False  # on the wait queue (rcuwait)
+    in_schedule: bool = False  # gave up the CPU in schedule()
     woken: bool = False  # TASK_RUNNING again after set_current_state
     wakeups: int = 0
     runnable: bool = False  # kvm_arch_vcpu_runnable()
@@ -83,7 +84,7 @@ class VCpu:
             "stay_ipis": self.stay_ipis,
             "kicks": tuple(self.kicks),
             "sleeping": self.sleeping,
-            "asleep": self.sleeping and not self.woken,
+            "asleep": self.in_schedule and not self.woken,
             "wakeups": self.wakeups,
             "runnable": self.runnable,
             "signal_pending": self.signal_pending,
@@ -165,10 +166,6 @@ class RequestsModel:
     def _send_ipi(self, v: VCpu) -> None:
         v.ipis += 1
         self.ipis_sent += 1
-        if v.mode != OUTSIDE_GUEST_MODE or v.in_guest:
-            v.stay_ipis += 1
-        if v.in_guest and v.pi_notification is False:
-            pass
         if not v.irqs_disabled and not v.in_guest:
             v.acks += 1  # the target CPU takes the interrupt at once
         else:
@@ -213,6 +210,7 @@ class RequestsModel:
         old = self._exiting_guest_mode(v)
         if old == IN_GUEST_MODE:
             v.kicks.append((old, -1, "ipi"))
+            v.stay_ipis += 1
             yield Point(f"cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE) on vcpu{vcpu}: was IN_GUEST_MODE")
             self._send_ipi(v)
             yield Point(f"smp_send_reschedule(): IPI to vcpu{vcpu}")
@@ -241,6 +239,7 @@ class RequestsModel:
                 ipi = False  # never IPI the current CPU
             v.kicks.append((old, req, "ipi" if ipi else "none"))
             if ipi:
+                v.stay_ipis += 1
                 targets.append(v)
             yield Point(f"vcpu{v.id} mode was {MODE_NAMES[old]}: {'IPI' if ipi else 'no IPI'}")
         if not targets:
@@ -406,7 +405,9 @@ class RequestsModel:
             yield Point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
             if reason:
                 break
+            v.in_schedule = True
             yield Wait("schedule(): asleep", lambda: v.woken, idle=True)
+            v.in_schedule = False
         v.sleeping = False
         v.woken = False
         v.block_result = reason

@@ -1,0 +1,492 @@
+"""vcpu-requests.rst as a concurrent program: requests, kicks, IPIs, the run loop, kvm_vcpu_block.
+
+Every spec thread runs on its own OS thread. Requesters and the vCPU thread
+share a :class:`VCpu` through atomics (the request bitmap, ``vcpu->mode``), a
+per-vCPU "CPU" lock standing for the physical CPU the vCPU thread runs on
+(interrupt flag, guest mode, IPIs in flight) and a per-vCPU wait queue lock
+(the rcuwait of kvm_vcpu_block). The vCPU thread really waits: in guest mode
+until an IPI reaches its CPU, in kvm_vcpu_block until a waker sets it running,
+and a KVM_REQUEST_WAIT requester until every IPI it sent is acknowledged. Those
+waits go through :func:`~pytest_kvmconf.engine.threads.wait_on`, which is a
+real ``Condition.wait`` in free runs and a park at the engine in controlled ones.
+
+A scheduling point follows every action the document orders against another
+thread, with the same labels as the reference model so timelines compare; no
+lock is held at a point (see :mod:`pytest_kvmconf.engine.threads`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ...backend import MachineConfig, ThreadContext
+from ...engine.threads import wait_on
+from ...facets.requests import (
+    EXITING_GUEST_MODE,
+    IN_GUEST_MODE,
+    KVM_REQ_TLB_FLUSH,
+    KVM_REQ_UNBLOCK,
+    KVM_REQ_UNHALT,
+    KVM_REQ_VM_DEAD,
+    KVM_REQUEST_MASK,
+    KVM_REQUEST_NO_ACTION,
+    KVM_REQUEST_NO_WAKEUP,
+    KVM_REQUEST_WAIT,
+    MODE_NAMES,
+    OUTSIDE_GUEST_MODE,
+    READING_SHADOW_PAGE_TABLES,
+    is_old_text,
+    request_name,
+)
+from ...scheduling import point
+from .atomics import AtomicBitmap, AtomicInt
+
+EIO = 5
+
+
+class VCpu:
+    """One struct kvm_vcpu plus the CPU and the task its thread runs as."""
+
+    def __init__(self, vcpu_id: int):
+        self.id = vcpu_id
+        self.requests = AtomicBitmap()
+        self.request_state: dict[int, Any] = {}
+        self.mode = AtomicInt(OUTSIDE_GUEST_MODE)
+        # The physical CPU: interrupt flag, guest mode, IPIs not yet taken.
+        self.cpu_lock = threading.Lock()
+        self.cpu_irq = threading.Condition(self.cpu_lock)  # an IPI arrived
+        self.irqs_disabled = False
+        self.in_guest = False
+        self.ipis = 0
+        self.ipis_pending = 0
+        self.acks = 0
+        self.stay_ipis = 0
+        self.pi_notification = False
+        self.entries = 0
+        self.exits = 0
+        self.handled: list[int] = []  # written by the vCPU thread only
+        self.tlb_gen = 0
+        self.kicks_lock = threading.Lock()
+        self.kicks: list[tuple[int, int, str]] = []
+        # The task: the rcuwait it sleeps on in kvm_vcpu_block.
+        self.wq_lock = threading.Lock()
+        self.wq = threading.Condition(self.wq_lock)
+        self.sleeping = False  # prepare_to_rcuwait() .. finish_rcuwait()
+        self.woken = False  # TASK_RUNNING again after set_current_state()
+        self.wakeups = 0
+        self.runnable = False
+        self.signal_pending = False
+        self.block_result: str | None = None
+        # The posted-interrupt descriptor.
+        self.pi_lock = threading.Lock()
+        self.pir: set[int] = set()
+        self.pir_on = False
+        self.irr: set[int] = set()
+
+    def note_kick(self, seen: int, req: int, action: str) -> None:
+        with self.kicks_lock:
+            self.kicks.append((seen, req, action))
+
+    def view(self) -> dict[str, Any]:
+        """The observable state. Read without locks: the engine only observes while
+        every thread is at a scheduling point, where no update is half done."""
+        bits = self.requests.read()
+        return {
+            "id": self.id,
+            "requests": frozenset(i for i in range(bits.bit_length()) if bits >> i & 1),
+            "request_state": dict(self.request_state),
+            "mode": self.mode.read(),
+            "irqs_disabled": self.irqs_disabled,
+            "in_guest": self.in_guest,
+            "entries": self.entries,
+            "exits": self.exits,
+            "handled": tuple(self.handled),
+            "ipis": self.ipis,
+            "ipi_pending": self.ipis_pending > 0,
+            "acks": self.acks,
+            "stay_ipis": self.stay_ipis,
+            "kicks": tuple(self.kicks),
+            "sleeping": self.sleeping,
+            "asleep": self.sleeping and not self.woken,
+            "wakeups": self.wakeups,
+            "runnable": self.runnable,
+            "signal_pending": self.signal_pending,
+            "block_result": self.block_result,
+            "tlb_gen": self.tlb_gen,
+            "pir": frozenset(self.pir),
+            "pir_on": self.pir_on,
+            "irr": frozenset(self.irr),
+        }
+
+
+class RequestsThreads:
+    """Facet mixin: requests, kick, run_loop, block (and entry_sequence)."""
+
+    config: MachineConfig
+
+    def init_requests(self, config: MachineConfig) -> None:
+        self.old_text = is_old_text(config.doc_version)
+        self.vcpus = [VCpu(i) for i in range(config.vcpus)]
+        self.ipis_sent = AtomicInt()
+        self.vm_dead = False
+        self.tlb_flushes_started = AtomicInt()
+        self.tlb_flushes_done = AtomicInt()
+        # smp_call_function_many(wait=true) sleeps here until its IPIs are acknowledged.
+        self.acked = threading.Condition()
+
+    def observe_requests(self) -> dict[str, Any]:
+        return {
+            "vcpus": [v.view() for v in self.vcpus],
+            "ipis_sent": self.ipis_sent.read(),
+            "vm_dead": self.vm_dead,
+            "tlb_flushes_started": self.tlb_flushes_started.read(),
+            "tlb_flushes_done": self.tlb_flushes_done.read(),
+        }
+
+    def name(self, req: int) -> str:
+        return request_name(req, self.config.doc_version)
+
+    # -- the request API ----------------------------------------------------
+    def kvm_make_request(self, ctx: ThreadContext, req: int, vcpu: int, state: Any = None) -> None:
+        if req & KVM_REQUEST_NO_ACTION:
+            raise ValueError("kvm_make_request() of a NO_ACTION request is a build error in KVM")
+        v = self.vcpus[vcpu]
+        if state is not None:
+            v.request_state[req & KVM_REQUEST_MASK] = state
+            point(f"WRITE request state = {state}")
+        self.set_request_bit(v, req)
+
+    def set_request_bit(self, v: VCpu, req: int) -> None:
+        # smp_wmb() orders the state write above before the bit: the bitmap's
+        # lock release publishes both.
+        v.requests.set_bit(req & KVM_REQUEST_MASK)
+        point(f"smp_wmb(); set_bit({self.name(req)}) on vcpu{v.id}")
+
+    def kvm_check_request(self, ctx: ThreadContext, req: int, vcpu: int) -> bool:
+        pending = self.vcpus[vcpu].requests.test_and_clear_bit(req & KVM_REQUEST_MASK)
+        point(f"kvm_check_request({self.name(req)}) = {str(pending).lower()}")
+        return pending
+
+    def kvm_test_request(self, ctx: ThreadContext, req: int, vcpu: int) -> bool:
+        pending = self.vcpus[vcpu].requests.test_bit(req & KVM_REQUEST_MASK)
+        point(f"kvm_test_request({self.name(req)}) = {str(pending).lower()}")
+        return pending
+
+    def kvm_clear_request(self, ctx: ThreadContext, req: int, vcpu: int) -> None:
+        self.vcpus[vcpu].requests.clear_bit(req & KVM_REQUEST_MASK)
+        point(f"clear_bit({self.name(req)})")
+
+    def kvm_request_pending(self, ctx: ThreadContext, vcpu: int) -> bool:
+        pending = self.vcpus[vcpu].requests.read() != 0
+        point(f"kvm_request_pending() = {str(pending).lower()}")
+        return pending
+
+    def read_request_state(self, ctx: ThreadContext, req: int, vcpu: int) -> Any:
+        value = self.vcpus[vcpu].request_state.get(req & KVM_REQUEST_MASK)
+        point(f"READ request state = {value}")
+        return value
+
+    # -- the CPU side of IPIs -------------------------------------------------
+    def send_ipi(self, v: VCpu) -> None:
+        """The IPI reaches the target CPU: taken at once if it runs host code with
+        interrupts on, else latched until the vCPU thread enables interrupts or
+        forces the guest to exit."""
+        self.ipis_sent.add()
+        with v.cpu_lock:
+            v.ipis += 1
+            if v.mode.read() != OUTSIDE_GUEST_MODE or v.in_guest:
+                v.stay_ipis += 1
+            taken = not v.irqs_disabled and not v.in_guest
+            if taken:
+                v.acks += 1
+            else:
+                v.ipis_pending += 1
+                v.cpu_irq.notify_all()
+        if taken:
+            self.notify_acked()
+
+    def notify_acked(self) -> None:
+        with self.acked:
+            self.acked.notify_all()
+
+    def local_irq_enable(self, v: VCpu) -> None:
+        """Interrupts on: the vCPU's CPU takes (acknowledges) every latched IPI."""
+        with v.cpu_lock:
+            v.irqs_disabled = False
+            taken = v.ipis_pending
+            v.acks += taken
+            v.ipis_pending = 0
+            notification, v.pi_notification = v.pi_notification, False
+        if notification:
+            self.sync_pir_to_irr(v)
+        if taken:
+            self.notify_acked()
+
+    def local_irq_disable(self, v: VCpu) -> None:
+        with v.cpu_lock:
+            v.irqs_disabled = True
+
+    # -- kicks ----------------------------------------------------------------
+    def kvm_vcpu_wake_up(self, v: VCpu) -> bool:
+        """rcuwait_wake_up(): set the sleeping task running, if there is one."""
+        with v.wq_lock:
+            if not v.sleeping:
+                return False
+            if not v.woken:
+                v.woken = True
+                v.wakeups += 1
+                v.wq.notify_all()
+            return True
+
+    def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
+        return v.mode.cmpxchg(IN_GUEST_MODE, EXITING_GUEST_MODE)
+
+    def kvm_vcpu_kick(self, ctx: ThreadContext, vcpu: int) -> None:
+        v = self.vcpus[vcpu]
+        if self.kvm_vcpu_wake_up(v):
+            v.note_kick(v.mode.read(), -1, "wake")
+            point(f"kvm_vcpu_wake_up(vcpu{vcpu}): woke it")
+            return
+        if ctx.vcpu == vcpu:
+            # The vCPU's own thread: a plain write, and never an IPI to the current CPU.
+            if v.mode.read() == IN_GUEST_MODE:
+                v.mode.write(EXITING_GUEST_MODE)
+            v.note_kick(v.mode.read(), -1, "none")
+            point("kick from the vCPU's own thread: no IPI")
+            return
+        seen = self.kvm_vcpu_exiting_guest_mode(v)
+        if seen == IN_GUEST_MODE:
+            v.note_kick(seen, -1, "ipi")
+            point(f"cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE) on vcpu{vcpu}: was IN_GUEST_MODE")
+            self.send_ipi(v)
+            point(f"smp_send_reschedule(): IPI to vcpu{vcpu}")
+        else:
+            v.note_kick(seen, -1, "none")
+            point(f"vcpu{vcpu} mode is {MODE_NAMES[seen]}: nothing to do")
+
+    def kvm_request_needs_ipi(self, v: VCpu, req: int) -> tuple[int, bool]:
+        """WAIT widens the condition from IN_GUEST_MODE to "not OUTSIDE_GUEST_MODE"."""
+        seen = self.kvm_vcpu_exiting_guest_mode(v)
+        if req & KVM_REQUEST_WAIT:
+            return seen, seen != OUTSIDE_GUEST_MODE
+        return seen, seen == IN_GUEST_MODE
+
+    def kvm_make_all_cpus_request(self, ctx: ThreadContext, req: int) -> bool:
+        targets: list[VCpu] = []
+        for v in self.vcpus:
+            if not req & KVM_REQUEST_NO_ACTION:
+                self.set_request_bit(v, req)
+            if self.wakes_for(req) and self.kvm_vcpu_wake_up(v):
+                v.note_kick(v.mode.read(), req, "wake")
+                point(f"kvm_vcpu_wake_up(vcpu{v.id}): woke it")
+                continue
+            seen, ipi = self.kvm_request_needs_ipi(v, req)
+            if ipi and ctx.vcpu == v.id:
+                ipi = False  # smp_call_function_many() skips the current CPU
+            v.note_kick(seen, req, "ipi" if ipi else "none")
+            if ipi:
+                targets.append(v)
+            point(f"vcpu{v.id} mode was {MODE_NAMES[seen]}: {'IPI' if ipi else 'no IPI'}")
+        if not targets:
+            return False
+        expected = {}
+        for v in targets:
+            self.send_ipi(v)
+            expected[v.id] = v.ipis
+        names = ", ".join(f"vcpu{v.id}" for v in targets)
+        if req & KVM_REQUEST_WAIT:
+            self.wait_for_acks(targets, expected, names)
+        else:
+            point(f"smp_call_function_many({names}), no wait")
+        return True
+
+    def wakes_for(self, req: int) -> bool:
+        """KVM_REQUEST_NO_WAKEUP: sleeping vCPUs are left asleep."""
+        return not req & KVM_REQUEST_NO_WAKEUP
+
+    def wait_for_acks(self, targets: list[VCpu], expected: dict[int, int], names: str) -> None:
+        wait_on(self.acked, f"smp_call_function_many({names}): wait for acknowledgements",
+                lambda: all(v.acks >= expected[v.id] for v in targets))
+
+    def kvm_flush_remote_tlbs(self, ctx: ThreadContext) -> None:
+        self.tlb_flushes_started.add()
+        self.kvm_make_all_cpus_request(ctx, KVM_REQ_TLB_FLUSH)
+        self.tlb_flushes_done.add()
+        point("kvm_flush_remote_tlbs() returns")
+
+    def kvm_vm_dead(self, ctx: ThreadContext) -> None:
+        self.vm_dead = True
+        point("kvm->vm_dead = true")
+        self.kvm_make_all_cpus_request(ctx, KVM_REQ_VM_DEAD)
+
+    # -- posted interrupts ------------------------------------------------------
+    def post_interrupt(self, ctx: ThreadContext, vcpu: int, vector: int = 32) -> None:
+        v = self.vcpus[vcpu]
+        with v.pi_lock:
+            v.pir.add(vector)
+            v.pir_on = True
+        point(f"pi_test_and_set_pir({vector}); pi_test_and_set_on()")
+        # smp_mb__after_atomic(): PIR.ON is set before vcpu->mode is read.
+        if v.mode.read() == IN_GUEST_MODE:
+            self.send_pi_notification(v)
+            point(f"vcpu{v.id} IN_GUEST_MODE: notification IPI sent")
+        else:
+            point(f"vcpu{v.id} mode {MODE_NAMES[v.mode.read()]}: no notification, the vCPU syncs PIR at entry")
+
+    def send_pi_notification(self, v: VCpu) -> None:
+        with v.cpu_lock:
+            in_guest = v.in_guest
+            if not in_guest:
+                v.pi_notification = True  # latched until interrupts are enabled
+        if in_guest:
+            self.sync_pir_to_irr(v)  # the CPU processes it without an exit
+
+    def sync_pir_to_irr(self, v: VCpu) -> None:
+        with v.pi_lock:
+            if v.pir_on:
+                v.pir_on = False
+                v.irr |= v.pir
+                v.pir = set()
+
+    # -- the run loop ------------------------------------------------------------
+    def vcpu_run(self, ctx: ThreadContext, vcpu: int, entries: int = 1) -> int:
+        v = self.vcpus[vcpu]
+        if self.vm_dead:
+            point("KVM_RUN: the VM is dead, -EIO")
+            return -EIO
+        done = 0
+        while done < entries:
+            if self.handle_requests(v):
+                return -EIO
+            if not self.enter_guest(v):
+                continue
+            self.guest_exit(v)
+            done += 1
+        return 0
+
+    def handle_requests(self, v: VCpu) -> bool:
+        """The top of vcpu_enter_guest(): kvm_check_request() for each pending request.
+        Returns True when KVM_REQ_VM_DEAD says to leave with -EIO."""
+        while True:
+            nr = v.requests.take_lowest()
+            if nr is None:
+                return False
+            v.handled.append(nr)
+            if nr == KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK:
+                v.tlb_gen = self.tlb_flushes_started.read()
+            point(f"kvm_check_request({self.name(nr)}) = true: handled")
+            if nr == KVM_REQ_VM_DEAD & KVM_REQUEST_MASK and not self.old_text:
+                point("KVM_REQ_VM_DEAD: return -EIO")
+                return True
+
+    def enter_guest(self, v: VCpu) -> bool:
+        """The guest-entry sequence of "Ensuring Requests Are Seen", one step per point."""
+        self.local_irq_disable(v)
+        point("local_irq_disable()")
+        v.mode.write(IN_GUEST_MODE)
+        with v.cpu_lock:
+            v.stay_ipis = 0
+        point("WRITE_ONCE(vcpu->mode, IN_GUEST_MODE)")
+        # smp_mb(), then the last checks: PIR (posted interrupts) and the requests.
+        self.sync_pir_to_irr(v)
+        pending = self.last_request_check(v)
+        if v.mode.read() == EXITING_GUEST_MODE or pending:
+            v.mode.write(OUTSIDE_GUEST_MODE)
+            point(f"smp_mb(); kvm_request_pending() = {str(pending).lower()}: abort guest entry")
+            self.local_irq_enable(v)
+            point("local_irq_enable()")
+            return False
+        point("smp_mb(); kvm_request_pending() = false")
+        self.run_guest(v)
+        return True
+
+    def last_request_check(self, v: VCpu) -> bool:
+        return v.requests.read() != 0
+
+    def run_guest(self, v: VCpu) -> None:
+        """VM entry enables interrupts atomically; the guest runs until an IPI forces an exit."""
+        with v.cpu_lock:
+            v.in_guest = True
+            v.entries += 1
+            v.irqs_disabled = False
+            notification, v.pi_notification = v.pi_notification, False
+        if notification:
+            self.sync_pir_to_irr(v)
+        wait_on(v.cpu_irq, "VM entry, interrupts enabled atomically: guest runs",
+                lambda: v.ipis_pending > 0, idle=True)
+
+    def guest_exit(self, v: VCpu) -> None:
+        with v.cpu_lock:
+            v.in_guest = False
+            v.exits += 1
+            v.irqs_disabled = True
+        point("VM exit (IPI)")
+        v.mode.write(OUTSIDE_GUEST_MODE)
+        point("vcpu->mode = OUTSIDE_GUEST_MODE")
+        self.local_irq_enable(v)
+        point("local_irq_enable(): pending IPIs acknowledged")
+
+    def walk_shadow_page_tables(self, ctx: ThreadContext, vcpu: int) -> None:
+        v = self.vcpus[vcpu]
+        self.local_irq_disable(v)
+        point("local_irq_disable()")
+        v.mode.write(READING_SHADOW_PAGE_TABLES)
+        point("vcpu->mode = READING_SHADOW_PAGE_TABLES")
+        point("walk the shadow page tables")
+        v.mode.write(OUTSIDE_GUEST_MODE)
+        point("vcpu->mode = OUTSIDE_GUEST_MODE")
+        self.local_irq_enable(v)
+        point("local_irq_enable()")
+
+    # -- sleeping vCPUs ------------------------------------------------------------
+    def kvm_vcpu_check_block(self, v: VCpu) -> str | None:
+        """Why to stop blocking, in the kernel's order (KVM_REQ_UNBLOCK is consumed)."""
+        if v.runnable:
+            return "runnable"
+        if v.signal_pending:
+            return "signal"
+        if not self.old_text and v.requests.test_and_clear_bit(KVM_REQ_UNBLOCK):
+            return "unblock"
+        return None
+
+    def kvm_vcpu_block(self, ctx: ThreadContext, vcpu: int) -> str:
+        v = self.vcpus[vcpu]
+        with v.wq_lock:
+            v.sleeping = True
+        point("prepare_to_rcuwait(): on the wait queue")
+        while True:
+            reason = self.check_then_sleep(v)
+            if reason:
+                break
+        with v.wq_lock:
+            v.sleeping = False
+            v.woken = False
+        v.block_result = reason
+        point("finish_rcuwait()")
+        if self.old_text and reason == "runnable":
+            self.set_request_bit(v, KVM_REQ_UNHALT)
+        return reason
+
+    def check_then_sleep(self, v: VCpu) -> str | None:
+        """One turn of rcuwait_wait_event(): set_current_state(TASK_INTERRUPTIBLE)
+        *before* the condition, so a wake-up after the check is not lost."""
+        with v.wq_lock:
+            v.woken = False
+        reason = self.kvm_vcpu_check_block(v)
+        point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
+        if reason is None:
+            wait_on(v.wq, "schedule(): asleep", lambda: v.woken, idle=True)
+        return reason
+
+    def make_runnable(self, ctx: ThreadContext, vcpu: int, kick: bool = True) -> None:
+        self.vcpus[vcpu].runnable = True
+        point(f"vcpu{vcpu} becomes runnable (kvm_arch_vcpu_runnable)")
+        if kick:
+            self.kvm_vcpu_kick(ctx, vcpu)
+
+    def send_signal(self, ctx: ThreadContext, vcpu: int) -> None:
+        v = self.vcpus[vcpu]
+        v.signal_pending = True
+        self.kvm_vcpu_wake_up(v)
+        point(f"signal to the vcpu{vcpu} thread (signal_wake_up)")
