@@ -1,0 +1,89 @@
+"""Vendoring: pytest_kvmconf/ and specs/ copied into another project's tree, not installed.
+
+The copy is enabled with ``-p pytest_kvmconf.plugin`` or ``pytest_plugins``;
+the installed package's entry point is disabled with ``-p no:kvmconf`` and the
+vendored folder comes first on PYTHONPATH, and every run checks that the
+vendored copy (not the installed one) is what pytest used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.toy import BACKEND, CONFTEST, SPEC
+
+REPO = Path(__file__).resolve().parent.parent
+WHERE = '''
+import pytest_kvmconf
+
+
+def pytest_report_header():
+    return [f"kvmconf package: {pytest_kvmconf.__file__}"]
+'''
+
+
+def vendor(root: Path) -> Path:
+    """A project with the plugin copied into third_party/kvmconf; returns that folder."""
+    dest = root / "third_party" / "kvmconf"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "pytest_kvmconf", dest / "pytest_kvmconf", ignore=ignore)
+    shutil.copytree(REPO / "specs", dest / "specs", ignore=ignore)
+    (root / "specs").mkdir()
+    (root / "specs" / "toy.toml").write_text(SPEC)
+    (root / "toy_backend.py").write_text(BACKEND)
+    return dest
+
+
+def run(root: Path, vendored: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON"))}
+    env["PYTHONPATH"] = str(vendored)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:kvmconf", "-p", "no:cacheprovider",
+                           "-v", *args], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def verdicts(out: str) -> dict[str, str]:
+    found = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "SKIPPED"):
+            found[parts[0].rsplit("::", 1)[-1]] = parts[1]
+    return found
+
+
+def assert_vendored(out: str, vendored: Path) -> None:
+    assert f"kvmconf package: {vendored / 'pytest_kvmconf' / '__init__.py'}" in out
+    assert f"specs {vendored / 'specs'}" in out  # plugin.bundled_specs() found the copy's specs
+    assert str(REPO / "pytest_kvmconf") not in out
+
+
+def test_vendored_with_p_option(tmp_path: Path) -> None:
+    vendored = vendor(tmp_path)
+    (tmp_path / "conftest.py").write_text(WHERE)
+    result = run(tmp_path, vendored, "-p", "pytest_kvmconf.plugin", "--kvm-backend=reference", "-k", "REQ-15")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_vendored(result.stdout, vendored)
+    assert verdicts(result.stdout) == {"REQ-15": "PASSED"}
+
+
+def test_vendored_with_pytest_plugins_and_own_backend(tmp_path: Path) -> None:
+    vendored = vendor(tmp_path)
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["pytest_kvmconf.plugin"]\n' + CONFTEST + WHERE)
+    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\nkvm_backend = "toy-broken"\n'
+                                             'kvm_specs = ["specs"]\nkvm_profile = "quick"\n')
+    result = run(tmp_path, vendored, "--kvm-backend=toy-broken", "-k", "TOY or REQ-15")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert_vendored(result.stdout, vendored)
+    assert verdicts(result.stdout) == {"REQ-15": "SKIPPED", "TOY-01": "PASSED", "TOY-02": "FAILED",
+                                       "TOY-03": "SKIPPED"}
+    assert "TOY-02 violated: kvm_test_request sees a made request" in result.stdout
+
+
+def test_package_needs_nothing_outside_itself() -> None:
+    # Vendoring copies exactly two folders: nothing in the package may import the project's tests.
+    for path in (REPO / "pytest_kvmconf").rglob("*.py"):
+        text = path.read_text()
+        assert "from tests" not in text and "import tests" not in text, path
