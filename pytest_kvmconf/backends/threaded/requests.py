@@ -65,6 +65,7 @@ class VCpu:
         self.pi_notification = False
         self.entries = 0
         self.exits = 0
+        self.aborts = 0
         self.handled: list[int] = []  # written by the vCPU thread only
         self.tlb_gen = 0
         self.kicks_lock = threading.Lock()
@@ -101,6 +102,7 @@ class VCpu:
             "in_guest": self.in_guest,
             "entries": self.entries,
             "exits": self.exits,
+            "aborts": self.aborts,
             "handled": tuple(self.handled),
             "ipis": self.ipis,
             "ipi_pending": self.ipis_pending > 0,
@@ -393,6 +395,7 @@ class RequestsThreads:
         pending = self.last_request_check(v)
         if v.mode.read() == EXITING_GUEST_MODE or pending:
             v.mode.write(OUTSIDE_GUEST_MODE)
+            v.aborts += 1
             point(f"smp_mb(); kvm_request_pending() = {str(pending).lower()}: abort guest entry")
             self.local_irq_enable(v)
             point("local_irq_enable()")
