@@ -198,6 +198,7 @@ run_loop.observables.update({
     "vcpus[i].irqs_disabled": "the vCPU thread has interrupts disabled",
     "vcpus[i].entries": "guest entries so far",
     "vcpus[i].exits": "guest exits so far",
+    "vcpus[i].aborts": "guest entries aborted at the last check (EXITING_GUEST_MODE or a pending request)",
     "vcpus[i].handled": "tuple of request numbers the run loop has handled, in order",
     "vm_dead": "KVM_REQ_VM_DEAD has been made",
 })

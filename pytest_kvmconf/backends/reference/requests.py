@@ -47,6 +47,7 @@ class VCpu:
     in_guest: bool = False
     entries: int = 0
     exits: int = 0
+    aborts: int = 0
     handled: list[int] = field(default_factory=list)
     ipis: int = 0
     ipis_pending: int = 0
@@ -77,6 +78,7 @@ class VCpu:
             "in_guest": self.in_guest,
             "entries": self.entries,
             "exits": self.exits,
+            "aborts": self.aborts,
             "handled": tuple(self.handled),
             "ipis": self.ipis,
             "ipi_pending": self.ipis_pending > 0,
@@ -340,6 +342,7 @@ class RequestsModel:
         pending = v.requests != 0
         if v.mode == EXITING_GUEST_MODE or pending:
             v.mode = OUTSIDE_GUEST_MODE
+            v.aborts += 1
             yield Point(f"smp_mb(); kvm_request_pending() = {str(pending).lower()}: abort guest entry")
             v.irqs_disabled = False
             self._take_ipis(v)
