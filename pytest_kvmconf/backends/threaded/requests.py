@@ -74,6 +74,7 @@ class VCpu:
         self.wq_lock = threading.Lock()
         self.wq = threading.Condition(self.wq_lock)
         self.sleeping = False  # prepare_to_rcuwait() .. finish_rcuwait()
+        self.in_schedule = False  # gave up the CPU in schedule()
         self.woken = False  # TASK_RUNNING again after set_current_state()
         self.wakeups = 0
         self.runnable = False
@@ -88,6 +89,9 @@ class VCpu:
     def note_kick(self, seen: int, req: int, action: str) -> None:
         with self.kicks_lock:
             self.kicks.append((seen, req, action))
+        if action == "ipi":
+            with self.cpu_lock:
+                self.stay_ipis += 1  # IPI reduction: decisions to IPI during one guest-mode stay
 
     def view(self) -> dict[str, Any]:
         """The observable state. Read without locks: the engine only observes while
@@ -110,7 +114,7 @@ class VCpu:
             "stay_ipis": self.stay_ipis,
             "kicks": tuple(self.kicks),
             "sleeping": self.sleeping,
-            "asleep": self.sleeping and not self.woken,
+            "asleep": self.in_schedule and not self.woken,
             "wakeups": self.wakeups,
             "runnable": self.runnable,
             "signal_pending": self.signal_pending,
@@ -197,8 +201,6 @@ class RequestsThreads:
         self.ipis_sent.add()
         with v.cpu_lock:
             v.ipis += 1
-            if v.mode.read() != OUTSIDE_GUEST_MODE or v.in_guest:
-                v.stay_ipis += 1
             taken = not v.irqs_disabled and not v.in_guest
             if taken:
                 v.acks += 1
@@ -479,7 +481,11 @@ class RequestsThreads:
         reason = self.kvm_vcpu_check_block(v)
         point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
         if reason is None:
+            with v.wq_lock:
+                v.in_schedule = True
             wait_on(v.wq, "schedule(): asleep", lambda: v.woken, idle=True)
+            with v.wq_lock:
+                v.in_schedule = False
         return reason
 
     def make_runnable(self, ctx: ThreadContext, vcpu: int, kick: bool = True) -> None:
