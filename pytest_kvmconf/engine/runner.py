@@ -19,6 +19,7 @@ from ..backend import Backend, MachineConfig, default_arch
 from ..facets.requests import request_name
 from ..spec.expr import EvalError, Expr
 from ..spec.model import Check, Guarantee
+from . import lockdep
 from .executor import BackendHang, GeneratorHandle, Handle
 from .plan import PlannedStep, make_plans
 from .schedule import Chooser, Schedule
@@ -230,3 +231,4 @@ class _Scheduler:
                     out.reached.add(i)
         except EvalError as exc:
             out.violation = Violation("error", f"a condition could not be evaluated: {exc}")
+        out.violation = out.violation or lockdep.judge(self.g, out.final_state)

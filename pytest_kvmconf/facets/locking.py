@@ -68,6 +68,9 @@ locking.op("cpu_hotplug", [Arg("online", "bool", optional=True, default=True)], 
            "enables (disables) virtualization on it if KVM is in use.")
 locking.op("kvm_walk_vm_list", [], "int",
            "Walk vm_list under kvm_lock (e.g. the kvmclock cpufreq notifier). Returns how many VMs.")
+locking.op("kvmclock_cpufreq_notifier", [], "none",
+           "x86 __kvmclock_cpufreq_notifier() called with cpus_read_lock() held (e.g. from "
+           "cpufreq_boost_trigger_state()): walks vm_list under kvm_lock.")
 locking.op("kvm_vm_ioctl_create_vcpu", [V], "none",
            "KVM_CREATE_VCPU: kvm->lock, then the new vCPU's vcpu->mutex.")
 locking.op("kvm_vcpu_ioctl_run", [V], "none",

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import facets
 from .expr import Expr, ExprError, parse
+from .locks import parse_lock_rules
 from .model import CHECK_KINDS, Check, Guarantee, Param, Sequence, Step, Thread
 from .versions import VersionRange, parse_version
 
@@ -42,6 +43,7 @@ GUARANTEE_KEYS = {
     "thread": "array of threads",
     "check": "array of checks",
     "max_steps": "bound on scheduling points of one schedule",
+    "locks": "documented locking rules judged by lockdep (order, leaves, not_in_srcu, protects...)",
 }
 PARAM_KINDS = {"range": "[low, high] integers", "choice": "[values...]",
                "from": "name of a named set", "bool": "true"}
@@ -186,6 +188,7 @@ class _Builder:
             versions=versions, needs=frozenset(needs), arch=arch, vcpus=vcpus, machine=machine,
             params=tuple(self.params.values()), threads=threads, checks=checks,
             max_steps=max_steps, markers=(area, *sorted(f"needs_{n}" for n in needs)),
+            locks=parse_lock_rules(self, raw.get("locks")),
         )
 
     def table(self, key: str) -> Mapping[str, Any]:

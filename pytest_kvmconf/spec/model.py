@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from ..facets import Op
 from .expr import Expr
+from .locks import LockRules
 from .versions import VersionRange
 
 CheckKind = Literal["always", "final", "never", "exists"]
@@ -82,6 +83,8 @@ class Guarantee:
     checks: tuple[Check, ...]
     max_steps: int = 2000
     markers: tuple[str, ...] = field(default=())
+    #: the [guarantee.locks] rules, judged by engine.lockdep after the run.
+    locks: LockRules | None = None
 
     @property
     def has_exists(self) -> bool:

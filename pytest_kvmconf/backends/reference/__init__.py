@@ -14,12 +14,14 @@ from typing import Any
 
 from ...backend import MachineConfig, ThreadContext
 from ...spec.versions import KNOWN_VERSIONS, VersionRange
+from .locking import LockingModel
 from .requests import RequestsModel
+from .spte import SpteModel
 
 #: Facet mixins, in method resolution order. Add a facet here and its
 #: capabilities to CAPABILITIES.
-MIXINS: tuple[type, ...] = (RequestsModel,)
-CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence"})
+MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel)
+CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "locking", "spte"})
 
 
 class _Machine:
