@@ -1,0 +1,125 @@
+"""Broken variants of the SPTE model (locking.rst section 2): each breaks one rule.
+
+Each is a reference machine with one kernel function replaced by the version
+the document warns against; BROKEN maps each to the spec that must catch it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import replace
+
+from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
+from pytest_kvmconf.backends.reference.spte import ZERO, Spte
+from pytest_kvmconf.scheduling import Point
+
+
+class PlainStoreFastPath(ReferenceMachine):
+    """The fast path writes its computed SPTE with a plain store instead of cmpxchg,
+    so a zap or write protection between its read and its write is undone."""
+
+    def _fast_cmpxchg(self, i: int, old: Spte, new: Spte) -> Generator[Point, None, bool]:
+        self.shadow_mmu.sptes[i] = new
+        yield Point(f"spte{i} = {new.text()} (plain store)")
+        return True
+
+
+class IndirectFastPathUnpinned(ReferenceMachine):
+    """Fast page fault enabled on indirect shadow pages without pinning the pfn: the ABA of
+    section 2 (1) dirty-logs gfn1 while the SPTE now maps gfn2."""
+
+    def _fast_path_allowed(self) -> bool:
+        return True
+
+    def _pin(self, gfn: int, old: Spte) -> Generator[Point, None, None]:
+        return None
+        yield  # a generator that pins nothing
+
+
+class NonAtomicClearTrackBits(ReferenceMachine):
+    """The "origin code": a read-only SPTE with Accessed set counts as not volatile, so
+    mmu_spte_clear_track_bits() zaps it with a plain store after reading it; a W and D set
+    in between by the fast path and the guest are lost."""
+
+    def _spte_has_volatile_bits(self, s: Spte) -> bool:
+        if s.present and s.a and not s.w:
+            return False
+        return super()._spte_has_volatile_bits(s)
+
+
+class NoFlushOnWriteProtect(ReferenceMachine):
+    """mmu_spte_update() never asks for a TLB flush when it makes an SPTE read-only."""
+
+    def _wrprot_needs_flush(self, old: Spte, new: Spte) -> bool:
+        return False
+
+
+class FlushDecisionFromStaleRead(ReferenceMachine):
+    """Write protection decides on the TLB flush from a plain read of the SPTE, then xchg()s
+    the read-only value: W set by the fast path in between is overwritten without a flush."""
+
+    def _spte_write_protect(self, i: int, pt_protect: bool) -> Generator[Point, None, bool]:
+        m = self.shadow_mmu
+        old = m.sptes[i]
+        yield Point(f"spte{i} = {old.text()}")
+        if not old.shadow_present or not (old.w or (pt_protect and old.mmu_writable)):
+            return False
+        m.sptes[i] = replace(m.sptes[i], w=False, mmu_writable=old.mmu_writable and not pt_protect)
+        yield Point(f"xchg(spte{i}, read-only)")
+        return old.w
+
+
+class RestoresWOnRead(ReferenceMachine):
+    """Access tracking keeps the W bit, so a read fault restores a writable SPTE."""
+
+    def _access_track(self, old: Spte) -> Spte:
+        return replace(super()._access_track(old), w=old.w)
+
+
+class RestoresWritableOnRead(ReferenceMachine):
+    """Restoration of an access-tracked SPTE sets W whenever the SPTE is Host- and
+    MMU-writable, also on a read access."""
+
+    def _fast_fix(self, old: Spte, write: bool) -> Spte | None:
+        new = super()._fast_fix(old, write)
+        if new is not None and old.tracked and old.host_writable and old.mmu_writable:
+            new = replace(new, w=True)
+        return new
+
+
+class RestoresWithoutSavedRX(ReferenceMachine):
+    """Restoration of an access-tracked SPTE makes it readable and executable whatever
+    R/X bits were saved."""
+
+    def _restore_acc_track(self, old: Spte) -> Spte:
+        return replace(super()._restore_acc_track(old), r=True, x=True)
+
+
+class ZapWithoutPropagation(ReferenceMachine):
+    """mmu_spte_clear_track_bits() zaps with xchg but forgets to hand the old Dirty bit
+    to the pfn."""
+
+    def _mmu_spte_clear_track_bits(self, i: int) -> Generator[Point, None, None]:
+        self.shadow_mmu.sptes[i] = ZERO
+        yield Point(f"xchg(spte{i}, 0), A/D dropped")
+
+
+def backend(machine: type) -> ReferenceBackend:
+    b = ReferenceBackend()
+    b.name = f"broken-{machine.__name__}"
+    b.machine_class = machine
+    return b
+
+
+#: broken machine -> the guarantee that must catch it.
+BROKEN: dict[type, str] = {
+    PlainStoreFastPath: "SPTE-01",
+    IndirectFastPathUnpinned: "SPTE-02",
+    NonAtomicClearTrackBits: "SPTE-03",
+    ZapWithoutPropagation: "SPTE-03",
+    NoFlushOnWriteProtect: "SPTE-04",
+    FlushDecisionFromStaleRead: "SPTE-04",
+    RestoresWOnRead: "SPTE-05",
+    RestoresWritableOnRead: "SPTE-05",
+    RestoresWithoutSavedRX: "SPTE-05",
+}
