@@ -1,9 +1,10 @@
 """Vendoring: pytest_kvmconf/ and specs/ copied into another project's tree, not installed.
 
-The copy is enabled with ``-p pytest_kvmconf.plugin`` or ``pytest_plugins``;
-the installed package's entry point is disabled with ``-p no:kvmconf`` and the
-vendored folder comes first on PYTHONPATH, and every run checks that the
-vendored copy (not the installed one) is what pytest used.
+The copy is enabled with ``-p pytest_kvmconf.plugin`` (vendored folder on
+PYTHONPATH) or with ``pytest_plugins`` in conftest.py (folder in the ``pythonpath``
+ini key); the installed package's entry point is disabled with ``-p no:kvmconf``,
+and every run checks that the vendored copy (not the installed one) is what
+pytest used, specs included.
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ def vendor(root: Path) -> Path:
     return dest
 
 
-def run(root: Path, vendored: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run(root: Path, pythonpath: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON"))}
-    env["PYTHONPATH"] = str(vendored)
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:kvmconf", "-p", "no:cacheprovider",
-                           "-v", *args], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
 
 
 def verdicts(out: str) -> dict[str, str]:
@@ -63,18 +65,21 @@ def assert_vendored(out: str, vendored: Path) -> None:
 def test_vendored_with_p_option(tmp_path: Path) -> None:
     vendored = vendor(tmp_path)
     (tmp_path / "conftest.py").write_text(WHERE)
-    result = run(tmp_path, vendored, "-p", "pytest_kvmconf.plugin", "--kvm-backend=reference", "-k", "REQ-15")
+    result = run(tmp_path, vendored, "-p", "no:kvmconf", "-p", "pytest_kvmconf.plugin", "--kvm-backend=reference",
+                 "-k", "REQ-15")
     assert result.returncode == 0, result.stdout + result.stderr
     assert_vendored(result.stdout, vendored)
     assert verdicts(result.stdout) == {"REQ-15": "PASSED"}
 
 
-def test_vendored_with_pytest_plugins_and_own_backend(tmp_path: Path) -> None:
+def test_vendored_with_ini_pytest_plugins_and_own_backend(tmp_path: Path) -> None:
+    # As CONTRIBUTING.md section 6 says: pythonpath in the ini file, pytest_plugins in conftest.py.
     vendored = vendor(tmp_path)
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["pytest_kvmconf.plugin"]\n' + CONFTEST + WHERE)
-    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\nkvm_backend = "toy-broken"\n'
-                                             'kvm_specs = ["specs"]\nkvm_profile = "quick"\n')
-    result = run(tmp_path, vendored, "--kvm-backend=toy-broken", "-k", "TOY or REQ-15")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\npythonpath = ["third_party/kvmconf"]\naddopts = "-p no:kvmconf"\n'
+        'kvm_backend = "toy-broken"\nkvm_specs = ["specs"]\nkvm_profile = "quick"\n')
+    result = run(tmp_path, None, "--kvm-backend=toy-broken", "-k", "TOY or REQ-15")
     assert result.returncode == 1, result.stdout + result.stderr
     assert_vendored(result.stdout, vendored)
     assert verdicts(result.stdout) == {"REQ-15": "SKIPPED", "TOY-01": "PASSED", "TOY-02": "FAILED",
