@@ -116,11 +116,16 @@ def wait_on(cond: threading.Condition, label: str, until: Callable[[], bool], id
 
 
 def thread_handles(machine: Machine, plans: Sequence[ThreadPlan], fmt_call: Formatter,
-                   fmt_result: ResultFormatter, options: Any, capture_before: bool = True) -> list[Handle]:
-    """One handle per spec thread, each running on its own OS thread."""
+                   fmt_result: ResultFormatter, options: Any, capture_before: bool = True,
+                   schedule: Any = None) -> list[Handle]:
+    """One handle per spec thread, each running on its own OS thread.
+
+    ``capture_before``: record the state when each operation starts (``step.before``).
+    ``schedule``: in free mode, the example whose tape seeds the random delays.
+    """
     timeout = float(getattr(options, "point_timeout", 5.0))
     if getattr(options, "free", False):
-        run = FreeRun(machine, timeout, free_seed(plans, options))
+        run = FreeRun(machine, timeout, free_seed(plans, options, schedule))
         return [FreeHandle(run, machine, p, i, fmt_call, fmt_result, capture_before)
                 for i, p in enumerate(plans)]
     group = _Group(timeout)
@@ -403,8 +408,11 @@ class _Event:
     state: Any
 
 
-def free_seed(plans: Sequence[ThreadPlan], options: Any) -> int:
-    """The delays' seed: the example's contents plus its rank in this test's run."""
+def free_seed(plans: Sequence[ThreadPlan], options: Any, schedule: Any = None) -> int:
+    """The delays' seed: the schedule's encoding when the runner gives it, else the
+    example's contents plus its rank in this test's run (so examples differ)."""
+    if schedule is not None and hasattr(schedule, "encode"):
+        return zlib.crc32(schedule.encode().encode())
     rank = getattr(options, "_free_runs", 0)
     try:
         options._free_runs = rank + 1

@@ -1,0 +1,121 @@
+"""Broken variants of the threaded backend: real concurrent code with one real bug each.
+
+Each class overrides one method of :class:`ThreadedMachine` the way a
+concurrent implementation could get it wrong, and names the guarantees that
+must catch it in controlled mode. ``FREE_ONLY`` variants are bugs the engine
+cannot see in controlled mode by construction (a missing ``notify`` only
+matters to a real ``Condition.wait``); free runs catch them as hangs.
+"""
+
+from __future__ import annotations
+
+from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
+from pytest_kvmconf.backends.threaded.requests import VCpu
+from pytest_kvmconf.engine.threads import wait_on
+from pytest_kvmconf.facets.requests import IN_GUEST_MODE, KVM_REQUEST_MASK, MODE_NAMES
+from pytest_kvmconf.scheduling import point
+
+#: variant name -> (machine class, guarantee ids that must catch it, what is broken)
+VARIANTS: dict[str, tuple[type, tuple[str, ...], str]] = {}
+#: variants only a free run can catch: name -> (machine class, what is broken)
+FREE_ONLY: dict[str, tuple[type, str]] = {}
+
+
+def variant(*gids: str, doc: str):
+    def register(cls: type) -> type:
+        VARIANTS[cls.__name__] = (cls, gids, doc)
+        return cls
+    return register
+
+
+def backend(name: str) -> ThreadedBackend:
+    """A threaded backend running the named broken machine."""
+    cls = VARIANTS[name][0] if name in VARIANTS else FREE_ONLY[name][0]
+    b = ThreadedBackend()
+    b.name = f"broken-threaded:{name}"
+    b.machine_class = cls
+    return b
+
+
+@variant("REQ-15", "REQ-16", doc="no final kvm_request_pending() check: entry only aborts on EXITING_GUEST_MODE")
+class NoFinalPendingCheck(ThreadedMachine):
+    def last_request_check(self, v: VCpu) -> bool:
+        return False
+
+
+@variant("REQ-17", doc="a kick reads IN_GUEST_MODE and sends the IPI, but leaves the mode (no cmpxchg to EXITING)")
+class KickKeepsMode(ThreadedMachine):
+    def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
+        return v.mode.read()
+
+
+@variant("REQ-25", doc="lost wake-up: set_current_state(TASK_INTERRUPTIBLE) after kvm_vcpu_check_block()")
+class LostWakeup(ThreadedMachine):
+    def check_then_sleep(self, v: VCpu) -> str | None:
+        reason = self.kvm_vcpu_check_block(v)
+        point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
+        if reason is None:
+            with v.wq_lock:
+                v.woken = False  # too late: a wake-up since the check is forgotten
+                v.in_schedule = True
+            wait_on(v.wq, "schedule(): asleep", lambda: v.woken, idle=True)
+            with v.wq_lock:
+                v.in_schedule = False
+        return reason
+
+
+@variant("REQ-11", "REQ-19", "REQ-22", doc="KVM_REQUEST_WAIT returns before the IPIs are acknowledged")
+class WaitSkipsAcks(ThreadedMachine):
+    def wait_for_acks(self, targets, expected, names) -> None:
+        point(f"smp_call_function_many({names}): (not) waiting")
+
+
+@variant("REQ-10", doc="KVM_REQUEST_NO_WAKEUP is ignored: sleeping vCPUs are woken")
+class NoWakeupWakes(ThreadedMachine):
+    def wakes_for(self, req: int) -> bool:
+        return True
+
+
+@variant("REQ-04", doc="set_bit as a plain read-modify-write of the bitmap, without the atomic")
+class NonAtomicSetBit(ThreadedMachine):
+    def set_request_bit(self, v: VCpu, req: int) -> None:
+        seen = v.requests.read()
+        point(f"READ vcpu->requests = {seen:#x}")
+        with v.requests._lock:
+            v.requests._bits = seen | 1 << (req & KVM_REQUEST_MASK)
+        point("WRITE vcpu->requests")
+
+
+@variant("REQ-07", "REQ-15", doc="the kick's IPI is latched on the target CPU but never raised there (no notify)")
+class IpiNeverDelivered(ThreadedMachine):
+    """In controlled mode the guest only leaves when an IPI is pending: here the
+    IPI is counted as sent but nothing reaches the CPU."""
+
+    def kvm_vcpu_kick(self, ctx, vcpu: int) -> None:
+        v = self.vcpus[vcpu]
+        if self.kvm_vcpu_wake_up(v):
+            v.note_kick(v.mode.read(), -1, "wake")
+            point(f"kvm_vcpu_wake_up(vcpu{vcpu}): woke it")
+            return
+        seen = self.kvm_vcpu_exiting_guest_mode(v)
+        v.note_kick(seen, -1, "ipi" if seen == IN_GUEST_MODE else "none")
+        point(f"vcpu{vcpu} mode was {MODE_NAMES[seen]}: IPI 'sent'")
+
+
+class WakeWithoutNotify(ThreadedMachine):
+    """Sets the sleeper running but never notifies its wait queue: under the
+    engine the sleeper resumes anyway (its predicate holds), in a free run it
+    sleeps forever in Condition.wait."""
+
+    def kvm_vcpu_wake_up(self, v: VCpu) -> bool:
+        with v.wq_lock:
+            if not v.sleeping:
+                return False
+            if not v.woken:
+                v.woken = True
+                v.wakeups += 1
+            return True
+
+
+FREE_ONLY["WakeWithoutNotify"] = (
+    WakeWithoutNotify, "kvm_vcpu_wake_up sets TASK_RUNNING without notifying the wait queue")
