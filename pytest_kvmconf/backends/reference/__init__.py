@@ -14,14 +14,15 @@ from typing import Any
 
 from ...backend import MachineConfig, ThreadContext
 from ...spec.versions import KNOWN_VERSIONS, VersionRange
+from .attr import AttrModel
 from .locking import LockingModel
 from .requests import RequestsModel
 from .spte import SpteModel
 
 #: Facet mixins, in method resolution order. Add a facet here and its
 #: capabilities to CAPABILITIES.
-MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel)
-CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "locking", "spte"})
+MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel, AttrModel)
+CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "locking", "spte", "attr"})
 
 
 class _Machine:
