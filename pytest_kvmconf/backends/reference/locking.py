@@ -156,8 +156,10 @@ class LockingModel:
         label = f"synchronize_srcu(&{SRCU})"
         self.lockdep.synchronized(ctx.name, self.lk_op.get(ctx.name, "?"), SRCU, label)
         before = set(self.srcu_active)
-        if before:
-            yield Wait(f"{label} waits for readers", lambda: not before & self.srcu_active.keys())
+        if not before:
+            yield Point(label)
+            return
+        yield Wait(f"{label} waits for readers", lambda: not before & self.srcu_active.keys())
         yield Point(f"{label} returns")
 
     def _access(self, ctx: ThreadContext, data: str, write: bool, label: str) -> None:
