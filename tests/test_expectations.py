@@ -135,3 +135,14 @@ def test_unknown_id_warns(project: pytest.Pytester) -> None:
     (project.path / "typo.toml").write_text('[[violation]]\nid = "TOY-02"\nreason = "x"\n')
     result = project.runpytest(*ARGS, "--kvm-backend=toy", "--kvm-expect=typo.toml", "-k", "TOY-01")
     assert "names no collected guarantee" not in result.stdout.str()
+
+
+def test_only_a_reported_violation_is_the_expected_one(project: pytest.Pytester) -> None:
+    # A machine that cannot even be created is not the known violation: it stays a failure.
+    (project.path / "conftest.py").write_text(
+        "from toy_backend import ToyBackend\n\n\n"
+        "class Crash(ToyBackend):\n    def new_machine(self, config):\n        raise RuntimeError('no VM')\n\n\n"
+        "def pytest_kvmconf_backends():\n    return {'crash': Crash}\n")
+    result = project.runpytest(*ARGS, "--kvm-backend=crash", "--kvm-expect=expect.toml", "-v", "-k", "TOY-02")
+    assert outcomes(result) == {"TOY-02": "FAILED"}
+    result.stdout.fnmatch_lines(["*RuntimeError: no VM*"])
