@@ -154,6 +154,17 @@ def test_expectations_example(project: pytest.Pytester, block: Block) -> None:
         result.stdout.fnmatch_lines([f"XFAIL *::{e.id} - known violation ({path.name}): {e.reason}"])
 
 
+def test_every_guarantee_key_is_documented() -> None:
+    from pytest_kvmconf.spec.loader import CHECK_KEYS, GUARANTEE_KEYS, SEQUENCE_KEYS, THREAD_KEYS
+
+    text = DOC.read_text(encoding="utf-8")
+    spelled = {"params": "params.NAME", "thread": "[[guarantee.thread]]", "check": "[[guarantee.check]]",
+               "locks": "[guarantee.locks]"}
+    missing = [k for k in GUARANTEE_KEYS if f"`{spelled.get(k, k)}`" not in text]
+    missing += [k for k in (*THREAD_KEYS, *CHECK_KEYS, *SEQUENCE_KEYS) if f"`{k}`" not in text]
+    assert not missing, f"CONTRIBUTING.md does not explain the spec keys {missing}"
+
+
 def test_every_lock_rule_is_documented() -> None:
     from pytest_kvmconf.spec.locks import LOCK_KEYS
 
