@@ -202,6 +202,7 @@ class ConformancePlugin:
             "backend": {"name": backend.name, "description": getattr(backend, "description", "")},
             "doc_version": run.doc_version,
             "profile": profile_name(self.config),
+            "command": ["pytest", *self.config.invocation_params.args],
             "started": self.started.isoformat(timespec="seconds"),
             "seconds": round((finished - self.started).total_seconds(), 3),
             "summary": {v: sum(1 for row in rows if row["verdict"] == v) for v in VERDICTS},

@@ -25,6 +25,7 @@ def test_report_has_every_verdict_sentence_and_figures(project: pytest.Pytester)
     doc = json.loads(json_path.read_text())
     assert doc["backend"]["name"] == "toy-broken"
     assert doc["doc_version"] == "6.18" and doc["profile"] == "quick"
+    assert doc["command"][0] == "pytest" and "--kvm-backend=toy-broken" in doc["command"]
     assert doc["summary"] == {"pass": 1, "fail": 1, "skip": 1, "expected failure": 0,
                               "unexpected pass": 0, "error": 0}
     rows = {r["id"]: r for r in doc["guarantees"]}
