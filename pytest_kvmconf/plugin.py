@@ -119,6 +119,10 @@ def pytest_configure(config: pytest.Config) -> None:
         invocation_dir=str(config.invocation_params.dir),
     )
     config.stash[KEY] = state
+    if active and getattr(config, "args_source", None) != pytest.Config.ArgsSource.ARGS:
+        # `pytest --kvm-backend=X` means "run the conformance suite here": without paths on the
+        # command line, the folder's own tests (or testpaths) are not collected beside it.
+        config.args = []
     if paths:
         try:
             state.backend()  # fail early, with the list of known backends

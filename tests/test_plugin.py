@@ -227,3 +227,11 @@ def test_bad_doc_version(pytester: pytest.Pytester) -> None:
 
 def test_python_version_is_supported() -> None:
     assert sys.version_info >= (3, 10)
+
+
+def test_suite_without_paths_collects_only_the_specs(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_unrelated="def test_fails(): assert False")
+    result = run(pytester, "--kvm-backend=reference", "-k", "REQ-01")
+    result.assert_outcomes(passed=1)
+    result = run(pytester, "--kvm-backend=reference", "-k", "REQ-01 or test_fails", "test_unrelated.py")
+    result.assert_outcomes(passed=1, failed=1)
