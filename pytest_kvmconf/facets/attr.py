@@ -75,7 +75,7 @@ attr.named_sets.update({
     # Interrupt ids around every boundary the documents name, PPIs and SPIs more often.
     "pmu_intids": lambda v: (23, 23, 16, 31, 32, 33, 40, 40, 1019, 15, 0, 1020),
     "valid_pmu_intids": lambda v: (23, 23, 24, 32, 33, 40),
-    "timer_intids": lambda v: (16, 20, 27, 30, 31, 15, 32, 0),
+    "timer_intids": lambda v: (16, 20, 27, 30, 31, 15, 32, 40, 1019, 0),
     "timer_ppis": lambda v: (20, 27, 30, 27, 30, 31),
     "timer_attrs": lambda v: (KVM_ARM_VCPU_TIMER_IRQ_VTIMER, KVM_ARM_VCPU_TIMER_IRQ_PTIMER),
 })

@@ -195,7 +195,7 @@ class AttrModel:
         if attr == KVM_ARM_VCPU_PMU_V3_IRQ:
             if not vm.vgic_created:
                 return -EINVAL
-            if not (is_ppi(value) or is_spi(value)) or not self._pmu_irq_consistent(c, value):
+            if not self._valid_pmu_irq(value) or not self._pmu_irq_consistent(c, value):
                 return -EINVAL
             if c.pmu_irq >= 0:
                 return -EBUSY
@@ -204,6 +204,10 @@ class AttrModel:
         if attr == KVM_ARM_VCPU_PMU_V3_INIT:
             return self._pmu_init(c)
         return -ENXIO
+
+    def _valid_pmu_irq(self, irq: int) -> bool:
+        """"This interrupt could be a PPI or SPI"."""
+        return is_ppi(irq) or is_spi(irq)
 
     def _pmu_irq_consistent(self, c: ArmVcpu, irq: int) -> bool:
         """One type for every vCPU: the same PPI on all, or a distinct SPI per vCPU."""
@@ -241,7 +245,7 @@ class AttrModel:
     # -- the timer group ------------------------------------------------------
     def _timer_set(self, c: ArmVcpu, attr: int, value: int) -> int:
         vm = self.arm_vm
-        if not vm.vgic_created or not is_ppi(value):
+        if not vm.vgic_created or not self._valid_timer_irq(value):
             return -EINVAL
         if vm.timers_immutable:
             return -EBUSY
@@ -253,6 +257,10 @@ class AttrModel:
             else:
                 target.ptimer = value
         return 0
+
+    def _valid_timer_irq(self, irq: int) -> bool:
+        """"These must be a PPI (16 <= intid < 32)"."""
+        return is_ppi(irq)
 
     def _timer_set_targets(self, c: ArmVcpu) -> list[ArmVcpu]:
         """"configures all VCPUs created at that time"."""
