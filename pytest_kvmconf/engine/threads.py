@@ -90,6 +90,7 @@ STACK_DEPTH = 6
 JOIN_TIMEOUT = 2.0
 
 _local = threading.local()
+_scheduling_file = sys.modules[Controller.__module__].__file__
 
 
 class _Abort(BaseException):
@@ -133,12 +134,98 @@ def thread_handles(machine: Machine, plans: Sequence[ThreadPlan], fmt_call: Form
 
 
 # ---------------------------------------------------------------------------
+# OS threads: short-lived workers, reused by back-to-back schedules.
+
+#: A worker with no job for this long exits, so no thread outlives a test by more.
+WORKER_IDLE = 0.25
+
+
+class _Job:
+    """One spec thread's life on a worker: like a Thread, but the OS thread may be reused."""
+
+    def __init__(self, target: Callable[[], None], name: str):
+        self.target, self.name = target, name
+        self.ident: int | None = None
+        self.running = False
+        self._end = threading.Lock()
+        self._end.acquire()
+
+    def start(self) -> None:
+        self.running = True
+        _WORKERS.submit(self)
+
+    def run(self) -> None:
+        self.ident = threading.get_ident()
+        me = threading.current_thread()
+        me.name = f"kvmconf:{self.name}"
+        try:
+            self.target()
+        finally:
+            me.name = "kvmconf-worker (idle)"
+            self.running = False
+            self._end.release()
+
+    def is_alive(self) -> bool:
+        return self.running
+
+    def join(self, timeout: float) -> None:
+        if self._end.acquire(timeout=timeout):
+            self._end.release()
+
+
+class _Worker:
+    def __init__(self, pool: _Workers, job: _Job):
+        self.pool, self.job = pool, job
+        self.ready = threading.Lock()
+        self.ready.acquire()
+        threading.Thread(target=self._loop, name="kvmconf-worker", daemon=True).start()
+
+    def give(self, job: _Job) -> None:
+        self.job = job
+        self.ready.release()
+
+    def _loop(self) -> None:
+        while True:
+            job, self.job = self.job, None
+            if job is not None:
+                job.run()
+            with self.pool.lock:
+                self.pool.idle.append(self)
+            if not self.ready.acquire(timeout=WORKER_IDLE):
+                with self.pool.lock:
+                    if self in self.pool.idle:
+                        self.pool.idle.remove(self)
+                        return
+                self.ready.acquire()  # taken off the idle list just now: its job is coming
+
+
+class _Workers:
+    """Starting an OS thread costs more than a whole schedule's hand-offs on a busy
+    machine, so spec threads run on workers that wait briefly for the next schedule."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[_Worker] = []
+
+    def submit(self, job: _Job) -> None:
+        with self.lock:
+            worker = self.idle.pop() if self.idle else None
+        if worker is None:
+            _Worker(self, job)
+        else:
+            worker.give(job)
+
+
+_WORKERS = _Workers()
+
+
+# ---------------------------------------------------------------------------
 # What both modes share: the thread's program and the hang report.
 
 class _ThreadBase(Handle, Controller):
     """One spec thread on an OS thread; subclasses say how it stops at points."""
 
-    thread: threading.Thread
+    thread: _Job
 
     def __init__(self, machine: Machine, plan: ThreadPlan, fmt: Formatter, fmt_result: ResultFormatter,
                  capture_before: bool):
@@ -158,7 +245,8 @@ class _ThreadBase(Handle, Controller):
         self._position = "start"
         self._returned: Returned | None = None
         self._op = ""
-        self.thread = threading.Thread(target=self._main, name=f"kvmconf:{plan.name}", daemon=True)
+        self._live = _LiveState(self)
+        self.thread = _Job(self._main, plan.name)
 
     def _program(self) -> None:
         """The spec thread's steps, as GeneratorHandle runs them: each operation's
@@ -170,12 +258,12 @@ class _ThreadBase(Handle, Controller):
             self._op = op
             before = self._before() if self.capture_before else None
             self._texts.append(self.fmt(ps, args))
-            handled, result, label = engine_op(self.machine, ps, args)
+            handled, result, label = engine_op(self._live, ps, args)
             if handled:
                 self.point(label)
             else:
                 result = self.machine.run_op(self.ctx, op, args)
-            self.plan.bind(ps, result)
+            self._bind(ps, result)
             r = Returned(op, args, result, before, self.fmt_result(ps, result))
             self._returned = r
             self._texts.append(r.text or f"{op} returns")
@@ -200,6 +288,9 @@ class _ThreadBase(Handle, Controller):
     def _before(self) -> Any:
         return self.machine.observe()
 
+    def _bind(self, ps: Any, result: Any) -> None:
+        self.plan.bind(ps, result)
+
     def _main(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -207,19 +298,29 @@ class _ThreadBase(Handle, Controller):
         raise NotImplementedError
 
     def stack(self, frames: Mapping[int, Any]) -> list[str]:
-        frame = frames.get(self.thread.ident or -1)
+        frame = frames.get(self.thread.ident or -1) if self.thread.ident is not None else None
         if frame is None or not self.thread.is_alive():
             return []
+        # The backend's frames: the executor's own and threading's are the same every time.
+        mine = (__file__, _scheduling_file, threading.__file__)
+        frames_ = [f for f in traceback.extract_stack(frame) if f.filename not in mine]
         out = []
-        for entry in traceback.format_stack(frame)[-STACK_DEPTH:]:
+        for entry in traceback.format_list(frames_[-STACK_DEPTH:]):
             out.extend("      " + line for line in entry.rstrip().splitlines())
         return out
+
+
+class _LiveState:
+    """The machine as the ``snapshot`` engine op sees it: the state now, consistently."""
+
+    def __init__(self, h: _ThreadBase):
+        self.observe = h._before
 
 
 def hang_report(what: str, handles: Sequence[_ThreadBase], seed: int | None = None) -> BackendHang:
     """BackendHang naming every thread's last scheduling point and its stack."""
     frames = sys._current_frames()
-    lines = [what + (f" (free run, delay seed {seed})" if seed is not None else "")]
+    lines = [what + (f" (delay seed {seed})" if seed is not None else "")]
     for h in handles:
         lines.append("  " + h.describe())
         lines.extend(h.stack(frames))
@@ -280,7 +381,7 @@ class ControlledHandle(_ThreadBase):
                 self.group.handles)
         if self.error is not None:
             exc, self.error = self.error, None
-            raise _with_note(exc, f"(in spec thread {self.name}, after {self.position!r})")
+            raise exc
 
     def describe(self) -> str:
         if self.hung:
@@ -325,7 +426,8 @@ class ControlledHandle(_ThreadBase):
         except _Abort:
             pass
         except BaseException as exc:  # reported by advance(), in the engine's thread
-            self.error = exc
+            self.error = _with_note(exc, f"(in spec thread {self.name}, operation {self._op}, "
+                                         f"after scheduling point {self._position!r})")
             self._texts.append(f"raised {type(exc).__name__}: {exc}")
             self._position = f"raised {type(exc).__name__}"
         finally:
@@ -406,6 +508,9 @@ class _Event:
     done: bool
     waiting: tuple[Callable[[], bool], bool] | None
     state: Any
+    #: (planned step, result) to bind when the scheduler takes this return.
+    bind: tuple[Any, Any] | None = None
+    taken: bool = False
 
 
 def free_seed(plans: Sequence[ThreadPlan], options: Any, schedule: Any = None) -> int:
@@ -456,19 +561,29 @@ class FreeRun:
         for h in self.handles:
             h.thread.start()
 
-    def log(self, h: FreeHandle, waiting: tuple[Callable[[], bool], bool] | None) -> None:
+    def log(self, h: FreeHandle, waiting: tuple[Callable[[], bool], bool] | None) -> _Event:
         """At a point: stop the world, log the step with a snapshot. Leaves the world unheld."""
         h.release_world()
         self.world.acquire_exclusive()
         try:
             state = self._observe()
+            ev = _Event(h, h._texts, h._position, h._returned, h._op, h._done, waiting, state, h._pending)
             with self.cond:
-                self.events.append(_Event(h, h._texts, h._position, h._returned, h._op, h._done,
-                                          waiting, state))
+                self.events.append(ev)
                 self.cond.notify_all()
-            h._texts, h._returned = [], None
+            h._texts, h._returned, h._pending = [], None, None
+            return ev
         finally:
             self.world.release_exclusive()
+
+    def wait_taken(self, ev: _Event) -> None:
+        """A thread's return binds its result (``as``) when the scheduler takes it, so
+        checks see bindings in timeline order; the thread goes on after that."""
+        with self.cond:
+            while not ev.taken:
+                if self.aborting:
+                    raise _Abort
+                self.cond.wait()
 
     def snapshot(self, h: FreeHandle) -> Any:
         """The state now, for a thread that holds the world shared."""
@@ -501,18 +616,26 @@ class FreeRun:
                         return None
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    for h in self.handles:
+                        h.hung = not (h.finished or h.blocked)
                     lost = [h.name for h in self.handles if h.blocked and h.blocked[0]()]
+                    stuck = [h.name for h in self.handles if h.hung]
                     why = (f"{', '.join(lost)} sleep(s) in a real wait whose condition holds: a lost "
                            "wake-up (nobody notified the condition variable)" if lost
-                           else "no thread reached a scheduling point")
+                           else f"{', '.join(stuck) or 'no thread'} did not reach its next scheduling point "
+                           "(it blocks outside the scheduler, or loops)")
                     raise hang_report(f"free run: {why} within {self.timeout:g} s", self.handles, self.seed)
                 self.cond.wait(left)
 
     def take(self, h: FreeHandle) -> _Event:
         with self.cond:
             ev = self.events.popleft()
-        if ev.handle is not h:
-            raise RuntimeError(f"free run: {h.name} advanced out of order")
+            if ev.handle is not h:
+                raise RuntimeError(f"free run: {h.name} advanced out of order")
+            if ev.bind is not None:
+                h.plan.bind(*ev.bind)
+            ev.taken = True
+            self.cond.notify_all()
         self.state = ev.state
         return ev
 
@@ -527,7 +650,8 @@ class FreeRun:
             h.wake()
         for h in self.handles:
             if h.thread.is_alive():
-                h.thread.join(JOIN_TIMEOUT)
+                # A hung thread is a daemon that unwinds at its next point or wait.
+                h.thread.join(0.05 if h.hung else JOIN_TIMEOUT)
         if self._patched:
             try:
                 del self.machine.observe  # type: ignore[method-assign]
@@ -548,7 +672,9 @@ class FreeHandle(_ThreadBase):
         #: (until, idle, condition or None) while in a real wait; written under run.cond.
         self.blocked: tuple[Callable[[], bool], bool, threading.Condition | None] | None = None
         self.finished = False
+        self.hung = False
         self._done = False
+        self._pending: tuple[Any, Any] | None = None
         self._holding = False
 
     # -- the engine's side --------------------------------------------------
@@ -594,8 +720,14 @@ class FreeHandle(_ThreadBase):
             self.run.world.release_shared()
 
     def _stop(self, wait: tuple[Callable[[], bool], bool] | None) -> None:
-        self.run.log(self, None)
+        ev = self.run.log(self, None)
+        if ev.bind is not None:
+            self.run.wait_taken(ev)
         self._resume()
+
+    def _bind(self, ps: Any, result: Any) -> None:
+        if ps.step.bind:
+            self._pending = (ps, result)
 
     def _resume(self) -> None:
         r = self.rng.random()
@@ -650,10 +782,12 @@ class FreeHandle(_ThreadBase):
         except _Abort:
             pass
         except BaseException as exc:
+            note = (f"(in spec thread {self.name}, operation {self._op}, after scheduling point "
+                    f"{self._position!r}; free run, delay seed {run.seed})")
             self._position = f"raised {type(exc).__name__}"
             self.release_world()
             with run.cond:
-                run.error = _with_note(exc, f"(in spec thread {self.name}, free run, delay seed {run.seed})")
+                run.error = _with_note(exc, note)
         finally:
             _local.free = None
             bind_controller(None)
