@@ -23,7 +23,7 @@ from pytest_kvmconf.engine.runner import Outcome, RunOptions, run_schedule
 from pytest_kvmconf.engine.schedule import Schedule
 from pytest_kvmconf.engine.threads import wait_on
 from pytest_kvmconf.facets.requests import KVM_REQ_TLB_FLUSH
-from pytest_kvmconf.scheduling import point
+from pytest_kvmconf.scheduling import point, wait_until
 from pytest_kvmconf.strategies import schedule_strategy
 
 from .bite import BUDGET, applicable, guarantees, verdict
@@ -199,6 +199,15 @@ class WaitsForever(ThreadedMachine):
         wait_on(self.acked, "wait for an acknowledgement nobody sends", lambda: False)
 
 
+class KickWaitsForGuest(ThreadedMachine):
+    """Waits with scheduling.wait_until (no condition variable) until the vCPU runs guest code."""
+
+    def kvm_vcpu_kick(self, ctx, vcpu) -> None:
+        v = self.vcpus[vcpu]
+        wait_until("wait until vcpu0 runs guest code", lambda: v.in_guest)
+        super().kvm_vcpu_kick(ctx, vcpu)
+
+
 class KickRaises(ThreadedMachine):
     def kvm_vcpu_kick(self, ctx, vcpu) -> None:
         point("about to fail")
@@ -245,6 +254,15 @@ def test_an_exception_in_a_backend_thread_is_reported(no_thread_leak: None, free
     out = run_toy(KickRaises, free)
     assert out.violation is not None and out.violation.kind == "error", out.violation
     assert "kick exploded" in out.violation.message and "kvm_vcpu_kick" in out.violation.message
+
+
+@pytest.mark.parametrize("free", [False, True], ids=["controlled", "free"])
+def test_wait_until_without_a_condition_variable(no_thread_leak: None, free: bool) -> None:
+    for tape in ((0,), (1,), (1, 0, 0), (0, 1, 1, 2, 1)):
+        out = run_toy(KickWaitsForGuest, free, tape=tape)
+        assert out.violation is None, out.violation
+        vcpu0 = out.final_state["vcpus"][0]
+        assert vcpu0["entries"] == 1 and vcpu0["exits"] == 1 and vcpu0["ipis"] == 1
 
 
 def test_no_thread_outlives_many_runs(no_thread_leak: None) -> None:

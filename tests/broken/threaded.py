@@ -119,3 +119,8 @@ class WakeWithoutNotify(ThreadedMachine):
 
 FREE_ONLY["WakeWithoutNotify"] = (
     WakeWithoutNotify, "kvm_vcpu_wake_up sets TASK_RUNNING without notifying the wait queue")
+
+
+def no_final_pending_check() -> ThreadedBackend:
+    """``--kvm-backend=tests.broken.threaded:no_final_pending_check`` (from the repository root)."""
+    return backend("NoFinalPendingCheck")
