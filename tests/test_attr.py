@@ -10,6 +10,7 @@ from hypothesis import Phase, settings
 
 from pytest_kvmconf.backend import MachineConfig, ThreadContext
 from pytest_kvmconf.backends.reference import ReferenceBackend
+from pytest_kvmconf.backends.threaded import ThreadedBackend
 from pytest_kvmconf.engine.explore import NothingReached, ViolationFound, explore
 from pytest_kvmconf.engine.runner import RunOptions
 from pytest_kvmconf.facets.attr import (
@@ -62,6 +63,12 @@ def test_broken_variant_is_caught(machine: type, gid: str) -> None:
     found = caught(gid, b)
     assert found is not None, f"{machine.__name__} was not caught by {gid} within {BUDGET} examples"
     assert found.outcome.guarantee.id == gid
+
+
+@pytest.mark.parametrize("gid", ATTR_IDS)
+def test_threaded_passes(gid: str) -> None:
+    found = verdict(gid, ThreadedBackend(), max_examples=30)
+    assert found is None, str(found)
 
 
 def test_every_attr_guarantee_has_a_broken_variant() -> None:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import Phase, settings
 
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
+from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
 from pytest_kvmconf.engine.explore import NothingReached, ViolationFound, explore
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule
 from pytest_kvmconf.engine.schedule import Schedule
@@ -71,6 +72,27 @@ def test_broken_variant_is_caught(machine: type, gid: str) -> None:
     assert found.outcome.guarantee.id == gid
 
 
+@pytest.mark.parametrize("gid", SPTE_IDS)
+def test_threaded_passes(gid: str) -> None:
+    found = verdict(gid, ThreadedBackend(), max_examples=30)
+    assert found is None, str(found)
+
+
+class PinningThreads(ThreadedMachine):
+    pin_indirect = True
+
+
+def test_threaded_pinning_passes_spte02_and_keeps_the_pfn() -> None:
+    b = ThreadedBackend()
+    b.machine_class = PinningThreads
+    assert verdict("SPTE-02", b, max_examples=30) is None
+    out = replay("SPTE-02", b, (("sp", "indirect"),), ABA_TAPE)
+    assert out.violation is None
+    # The pin came after the swap-out: gfn 0 no longer has the SPTE's pfn, so the fast
+    # path gave up, and the guest's write faulted instead of going to gfn 2 unlogged.
+    assert out.final_state["writes"] == () and out.final_state["dirty_bitmap"] == frozenset()
+
+
 def test_every_spte_guarantee_has_a_broken_variant() -> None:
     assert set(SPTE_IDS) <= set(BROKEN.values())
 
@@ -123,3 +145,15 @@ def test_xchg_keeps_the_dirty_bit() -> None:
     out = replay("SPTE-03", ReferenceBackend(), (), LOST_DIRTY_TAPE)
     assert out.violation is None
     assert out.final_state["pfn_dirty"] == frozenset({10})
+
+
+@pytest.mark.parametrize("machine", [PinningMachine, PinningThreads], ids=["reference", "threaded"])
+def test_a_pinned_pfn_is_not_reused(machine: type) -> None:
+    b = ReferenceBackend() if issubclass(machine, ReferenceMachine) else ThreadedBackend()
+    b.machine_class = machine
+    # vcpu0 reads old_spte and pins pfn 10, then cpu1 runs the whole ABA.
+    out = replay("SPTE-02", b, (("sp", "indirect"),), (0, 1, 1))
+    assert out.violation is None
+    state = out.final_state
+    assert state["gfn_to_pfn"] == {0: 10, 1: 11, 2: 12}  # gfn 2 got a new pfn, not the pinned one
+    assert state["sptes"][0]["pfn"] == 12 and state["writes"] == ()

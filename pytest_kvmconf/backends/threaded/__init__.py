@@ -20,12 +20,14 @@ from typing import Any
 
 from ...backend import MachineConfig, ThreadContext
 from ...spec.versions import KNOWN_VERSIONS, VersionRange
+from .attr import AttrThreads
 from .requests import RequestsThreads
+from .spte import SpteThreads
 
 #: Facet mixins, in method resolution order. Add a facet here and its
 #: capabilities to CAPABILITIES.
-MIXINS: tuple[type, ...] = (RequestsThreads,)
-CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence"})
+MIXINS: tuple[type, ...] = (RequestsThreads, SpteThreads, AttrThreads)
+CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "spte", "attr"})
 
 
 class _Machine:
