@@ -23,6 +23,10 @@ interleavings explorable the backend marks, from that thread:
 no exit coming, a vCPU asleep in kvm_vcpu_block): a run whose threads are all
 done or idle has ended; a thread in a non-idle wait then is a deadlock.
 
+Points and waits outside a spec thread (a helper thread the backend starts
+itself, plain use without pytest) do nothing / really wait, so a backend can
+leave them in place.
+
 Rules a backend keeps:
 
 1. Hold none of your own locks at a point or a wait. Between two points a
@@ -33,6 +37,10 @@ Rules a backend keeps:
    ``point``/``wait_until``/``wait_on``.
 3. ``observe()`` must not block and reads the state as it is: the engine calls
    it only while every thread stands at a point or in a wait.
+4. Keep no per-OS-thread state across schedules: starting an OS thread costs
+   more than a whole schedule, so spec threads run on short-lived workers that
+   the next schedule of the same test reuses (a worker idle for
+   ``WORKER_IDLE`` seconds exits; all are daemons).
 
 Controlled mode (the default)
 -----------------------------
@@ -52,8 +60,12 @@ per example and are repeatable in intent. Between points a thread holds the
 *world* lock shared; at a point it takes it exclusively for an instant to log
 its step with a snapshot of the state, so ``always`` checks see consistent
 states in the order they happened (the machine's ``observe`` is pointed at
-those snapshots for the run). Waits are real ``Condition.wait`` calls. The run
-ends when every thread is done or sleeps with its condition false.
+those snapshots for the run, and a result bound with ``as`` becomes visible
+when the scheduler takes that return). Waits are real ``Condition.wait``
+calls. The run ends when every thread is done or sleeps with its condition
+false; a sleeper whose condition holds but was never notified is reported as a
+lost wake-up. Free runs explore what the OS scheduler does: they cannot replay,
+so a failure reports the steps as they were observed.
 
 Robustness
 ----------
@@ -83,6 +95,8 @@ from ..backend import Machine, ThreadContext
 from ..scheduling import Controller, bind_controller, wait_until
 from .executor import BackendHang, Formatter, Handle, ResultFormatter, Returned, engine_op
 from .plan import ThreadPlan
+
+__all__ = ["ControlledHandle", "FreeHandle", "WORKER_IDLE", "thread_handles", "wait_on"]
 
 #: Stack frames of each thread shown in a hang report.
 STACK_DEPTH = 6
