@@ -3,17 +3,21 @@
 Each class breaks one documented locking rule the way a KVM patch could (an
 inverted order, a lock taken in the wrong context, data touched without its
 lock) and names the guarantees that must catch it, with the document text it
-runs under.
+runs under. The classes are mixins of overrides, composed with a machine by
+:func:`machine_class`, so the same broken paths run on the reference model
+and on the threaded backend's real locks.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
 from pytest_kvmconf.backends.reference.locking import locking_op
 from pytest_kvmconf.engine.lockdep import READ, WRITE
 from pytest_kvmconf.scheduling import Point
 
-#: variant name -> (machine class, guarantee ids that must catch it, document version, what is broken)
+#: variant name -> (overrides mixin, guarantee ids that must catch it, document version, what is broken)
 VARIANTS: dict[str, tuple[type, tuple[str, ...], str, str]] = {}
 
 
@@ -24,16 +28,23 @@ def variant(*gids: str, doc: str, version: str = "6.18"):
     return register
 
 
-def backend(name: str) -> ReferenceBackend:
-    """A reference backend running the named broken machine."""
-    b = ReferenceBackend()
+def machine_class(name: str, base: type = ReferenceMachine) -> type:
+    """The broken variant's overrides on top of a machine: the reference one, or any
+    machine with the locking mixin (the threaded backend's), since the overrides are
+    paths over the model's lock primitives."""
+    return type(f"{name}On{base.__name__}", (VARIANTS[name][0], base), {})
+
+
+def backend(name: str, base: Any = None) -> Any:
+    """A backend (the reference one unless ``base`` is given) running the named broken machine."""
+    b = base if base is not None else ReferenceBackend()
     b.name = f"broken:{name}"
-    b.machine_class = VARIANTS[name][0]
+    b.machine_class = machine_class(name, b.machine_class)
     return b
 
 
 @variant("LOCK-01", doc="KVM_CREATE_IRQCHIP sets up the routing (irq_lock) before registering devices (slots_lock)")
-class IrqLockOutsideSlotsLock(ReferenceMachine):
+class IrqLockOutsideSlotsLock:
     @locking_op
     def kvm_vm_ioctl_create_irqchip(self, ctx):
         yield from self._lock(ctx, "kvm->lock")
@@ -46,7 +57,7 @@ class IrqLockOutsideSlotsLock(ReferenceMachine):
 
 @variant("LOCK-01", "LOCK-07", "LOCK-09",
          doc="walking vm_list unknowingly triggers cpus_read_lock() while holding kvm_lock")
-class WalkTakesCpusReadLock(ReferenceMachine):
+class WalkTakesCpusReadLock:
     @locking_op
     def kvm_walk_vm_list(self, ctx):
         yield from self._lock(ctx, "kvm_lock")
@@ -59,7 +70,7 @@ class WalkTakesCpusReadLock(ReferenceMachine):
 
 @variant("LOCK-02", "LOCK-09", version="6.12",
          doc="the CPU-online callback takes kvm_usage_lock inside the CPU hotplug lock")
-class OnlineCpuTakesUsageLock(ReferenceMachine):
+class OnlineCpuTakesUsageLock:
     def _kvm_online_cpu(self, ctx, online):
         yield from self._lock(ctx, "kvm_usage_lock")
         self._access(ctx, "kvm_usage_count", False, "if (kvm_usage_count)")
@@ -68,7 +79,7 @@ class OnlineCpuTakesUsageLock(ReferenceMachine):
 
 @variant("LOCK-02.a", "LOCK-01", version="6.8",
          doc="hardware_enable_all() takes kvm_lock, then cpus_read_lock() inside it")
-class EnableTakesKvmLockFirst(ReferenceMachine):
+class EnableTakesKvmLockFirst:
     def _hardware_enable_all(self, ctx):
         yield from self._lock(ctx, "kvm_lock")
         yield from self._lock(ctx, "cpu_hotplug_lock", READ)
@@ -80,7 +91,7 @@ class EnableTakesKvmLockFirst(ReferenceMachine):
 
 
 @variant("LOCK-02.a", version="6.8", doc="kvm_usage_count is counted outside kvm_lock")
-class UsageCountOutsideKvmLock(ReferenceMachine):
+class UsageCountOutsideKvmLock:
     def _hardware_enable_all(self, ctx):
         yield from self._lock(ctx, "cpu_hotplug_lock", READ)
         self._access(ctx, "kvm_usage_count", True, "kvm_usage_count++")
@@ -92,7 +103,7 @@ class UsageCountOutsideKvmLock(ReferenceMachine):
 
 
 @variant("LOCK-03", doc="invalidate_range_end() takes kvm->slots_lock to look the range up")
-class NotifierTakesSlotsLock(ReferenceMachine):
+class NotifierTakesSlotsLock:
     @locking_op
     def kvm_mmu_notifier_invalidate_range_end(self, ctx):
         yield from self._lock(ctx, "kvm->slots_lock")
@@ -101,7 +112,7 @@ class NotifierTakesSlotsLock(ReferenceMachine):
 
 
 @variant("LOCK-03", doc="a memslot update installs the new array without waiting for mn_active_invalidate_count")
-class UpdateIgnoresInvalidations(ReferenceMachine):
+class UpdateIgnoresInvalidations:
     def _kvm_swap_active_memslots(self, ctx):
         yield from self._lock(ctx, "kvm->mn_invalidate_lock")
         self._access(ctx, "memslots", True, "rcu_assign_pointer(kvm->memslots[as_id], slots)")
@@ -110,7 +121,7 @@ class UpdateIgnoresInvalidations(ReferenceMachine):
 
 
 @variant("LOCK-04", "LOCK-09", doc="a vmexit takes kvm->slots_lock inside its kvm->srcu read side")
-class VmexitTakesSlotsLock(ReferenceMachine):
+class VmexitTakesSlotsLock:
     def _vmexit(self, ctx, vcpu):
         yield from self._lock(ctx, "kvm->slots_lock")
         yield from self._unlock(ctx, "kvm->slots_lock")
@@ -118,7 +129,7 @@ class VmexitTakesSlotsLock(ReferenceMachine):
 
 
 @variant("LOCK-05", "LOCK-09", doc="a memslot update calls synchronize_srcu() before releasing slots_arch_lock")
-class SyncUnderSlotsArchLock(ReferenceMachine):
+class SyncUnderSlotsArchLock:
     @locking_op
     def kvm_set_memory_region(self, ctx):
         yield from self._lock(ctx, "kvm->slots_lock")
@@ -131,7 +142,7 @@ class SyncUnderSlotsArchLock(ReferenceMachine):
 
 
 @variant("LOCK-06", doc="the TDP MMU links a page into tdp_mmu_pages after dropping mmu_lock")
-class TdpPagesLockWithoutMmuLock(ReferenceMachine):
+class TdpPagesLockWithoutMmuLock:
     def _kvm_tdp_mmu_map(self, ctx):
         yield from self._lock(ctx, "kvm->mmu_lock", READ)
         self._access(ctx, "shadow_pages", True, "tdp_mmu_link_sp()")
@@ -141,7 +152,7 @@ class TdpPagesLockWithoutMmuLock(ReferenceMachine):
 
 
 @variant("LOCK-06", "LOCK-09", doc="KVM_XEN_HVM_SET_ATTR takes a vcpu->mutex inside xen_lock to update the vCPUs")
-class XenHvmTakesVcpuMutex(ReferenceMachine):
+class XenHvmTakesVcpuMutex:
     @locking_op
     def kvm_xen_hvm_set_attr(self, ctx):
         yield from self._lock(ctx, "kvm->arch.xen.xen_lock")
@@ -151,7 +162,7 @@ class XenHvmTakesVcpuMutex(ReferenceMachine):
 
 
 @variant("LOCK-07", doc="invalidate_range_start() zaps under mmu_lock while still holding mn_invalidate_lock")
-class NotifierNestsInLeaf(ReferenceMachine):
+class NotifierNestsInLeaf:
     @locking_op
     def kvm_mmu_notifier_invalidate_range_start(self, ctx):
         yield from self._lock(ctx, "kvm->mn_invalidate_lock")
@@ -166,7 +177,7 @@ class NotifierNestsInLeaf(ReferenceMachine):
 
 @variant("LOCK-08", version="6.12",
          doc="under the 6.12 text, the CPU-online callback still reads kvm_usage_count under kvm_lock only")
-class OnlineCpuReadsCountUnderKvmLock(ReferenceMachine):
+class OnlineCpuReadsCountUnderKvmLock:
     def _kvm_online_cpu(self, ctx, online):
         yield from self._lock(ctx, "kvm_lock")
         self._access(ctx, "kvm_usage_count", False, "if (kvm_usage_count)")
@@ -174,7 +185,7 @@ class OnlineCpuReadsCountUnderKvmLock(ReferenceMachine):
 
 
 @variant("LOCK-08.a", "LOCK-08", version="6.8", doc="vm_list is walked without kvm_lock")
-class WalkWithoutKvmLock(ReferenceMachine):
+class WalkWithoutKvmLock:
     @locking_op
     def kvm_walk_vm_list(self, ctx):
         self._access(ctx, "vm_list", False, "list_for_each_entry(kvm, &vm_list, vm_list)")
@@ -183,7 +194,8 @@ class WalkWithoutKvmLock(ReferenceMachine):
 
 
 @variant("LOCK-08", doc="a vmexit looks the memslots up after srcu_read_unlock()")
-class MemslotsReadOutsideSrcu(ReferenceMachine):
+class MemslotsReadOutsideSrcu:
+    @locking_op
     def kvm_vcpu_ioctl_run(self, ctx, vcpu):
         yield from super().kvm_vcpu_ioctl_run(ctx, vcpu=vcpu)
         self._access(ctx, "memslots", False, "kvm_vcpu_gfn_to_memslot() after srcu_read_unlock()")
@@ -192,7 +204,7 @@ class MemslotsReadOutsideSrcu(ReferenceMachine):
 
 @variant("LOCK-09",
          doc="a vCPU ioctl takes kvm->lock inside vcpu->mutex: AB-BA against KVM_CREATE_VCPU")
-class TscSyncTakesKvmLock(ReferenceMachine):
+class TscSyncTakesKvmLock:
     @locking_op
     def kvm_synchronize_tsc(self, ctx, vcpu):
         yield from self._lock(ctx, "vcpu->mutex", instance=self._vcpu_mutex(vcpu))

@@ -58,6 +58,13 @@ class ModelLock:
             return False
         return (mode == READ and self.kind in ("rwlock", "rwsem")) or not self.readers
 
+    def try_take(self, thread: str, mode: str) -> bool:
+        """Take the lock if it is free for ``mode``; the generator model runs one thread at a time."""
+        if not self.free_for(mode):
+            return False
+        self.take(thread, mode)
+        return True
+
     def take(self, thread: str, mode: str) -> None:
         if mode == READ and self.kind in ("rwlock", "rwsem"):
             self.readers.append(thread)
@@ -74,12 +81,13 @@ class ModelLock:
 
 
 def locking_op(fn: Callable[..., Steps]) -> Callable[..., Steps]:
-    """Mark a method as an operation: its acquisitions are recorded under its name."""
+    """Mark a method as an operation: its acquisitions are recorded under its name, and
+    the machine runs its path (:meth:`LockingModel._run_path`)."""
 
     @functools.wraps(fn)
-    def op(self: LockingModel, ctx: ThreadContext, **args: Any) -> Steps:
+    def op(self: LockingModel, ctx: ThreadContext, **args: Any) -> Any:
         self.lk_op[ctx.name] = fn.__name__
-        return fn(self, ctx, **args)
+        return self._run_path(ctx, fn(self, ctx, **args))
 
     return op
 
@@ -117,19 +125,29 @@ class LockingModel:
             "mn_pairs": tuple(self.mn_pairs),
         }
 
+    def _run_path(self, ctx: ThreadContext, steps: Steps) -> Any:
+        """The generator engine drives the path itself; a thread backend runs it here."""
+        return steps
+
     # -- instrumented locks ---------------------------------------------------
     def _lock(self, ctx: ThreadContext, name: str, mode: str = WRITE, instance: str | None = None) -> Steps:
         """Take lock class ``name`` (instance ``instance``): wait while contended, record, point."""
         inst = instance or name
         kind = LOCKS[name][0]
-        lk = self.lk_locks.setdefault(inst, ModelLock(kind))
+        lk = self._lock_object(inst, kind)
         label = lock_label(kind, inst, mode, release=False)
-        if not lk.free_for(mode):
+        while not lk.try_take(ctx.name, mode):
             holder = lk.writer or ", ".join(lk.readers)
-            yield Wait(f"{label} waits for {holder}", lambda: lk.free_for(mode))
-        lk.take(ctx.name, mode)
+            yield from self._wait(f"{label} waits for {holder}", lambda: lk.free_for(mode), inst)
         self.lockdep.acquired(ctx.name, self.lk_op.get(ctx.name, "?"), name, mode, label)
         yield Point(label)
+
+    def _lock_object(self, instance: str, kind: str) -> ModelLock:
+        return self.lk_locks.setdefault(instance, ModelLock(kind))
+
+    def _wait(self, label: str, until: Callable[[], bool], channel: str) -> Steps:
+        """Block until ``until()``; ``channel`` names the lock whose release can make it true."""
+        yield Wait(label, until)
 
     def _unlock(self, ctx: ThreadContext, name: str, mode: str = WRITE, instance: str | None = None) -> Steps:
         inst = instance or name
@@ -159,7 +177,7 @@ class LockingModel:
         if not before:
             yield Point(label)
             return
-        yield Wait(f"{label} waits for readers", lambda: not before & self.srcu_active.keys())
+        yield from self._wait(f"{label} waits for readers", lambda: not before & self.srcu_active.keys(), SRCU)
         yield Point(f"{label} returns")
 
     def _access(self, ctx: ThreadContext, data: str, write: bool, label: str) -> None:
@@ -327,7 +345,8 @@ class LockingModel:
         self._access(ctx, "mn_active_invalidate_count", False, "while (kvm->mn_active_invalidate_count)")
         while self.mn_active_invalidate_count:
             yield from self._unlock(ctx, "kvm->mn_invalidate_lock")
-            yield Wait("schedule() on mn_memslots_update_rcuwait", lambda: not self.mn_active_invalidate_count)
+            yield from self._wait("schedule() on mn_memslots_update_rcuwait",
+                                  lambda: not self.mn_active_invalidate_count, "kvm->mn_invalidate_lock")
             yield from self._lock(ctx, "kvm->mn_invalidate_lock")
             self._access(ctx, "mn_active_invalidate_count", False, "while (kvm->mn_active_invalidate_count)")
         self._access(ctx, "memslots", True, "rcu_assign_pointer(kvm->memslots[as_id], slots)")
