@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 from pytest_kvmconf.backend import Backend, skip_reason
 from pytest_kvmconf.engine.explore import NothingReached, Stats, ViolationFound, explore
@@ -37,7 +37,10 @@ def applicable(g: Guarantee, backend: Backend, doc_version: str = NEWEST) -> boo
 def verdict(gid: str, backend: Backend, doc_version: str = NEWEST, seed: int = 0,
             max_examples: int = BUDGET, **run_options) -> ViolationFound | NothingReached | None:
     g = guarantees()[gid]
-    base = settings(max_examples=max_examples, database=None, deadline=None)
+    # Being caught is the question here, not the minimal example: no shrinking (the plugin's own
+    # tests cover shrinking and the report).
+    base = settings(max_examples=max_examples, database=None, deadline=None,
+                    phases=[Phase.explicit, Phase.generate])
     try:
         explore(g, backend, RunOptions(doc_version, **run_options), base, seed=seed)
     except (ViolationFound, NothingReached) as exc:
