@@ -64,7 +64,11 @@ class GuaranteeItem(pytest.Item):
         if run.replay is not None:
             replay(g, backend, options, run.replay)
             return
-        self.stats = explore(g, backend, options, base=base_settings(self.config))
+        try:
+            self.stats = explore(g, backend, options, base=base_settings(self.config))
+        except (ViolationFound, NothingReached) as exc:
+            self.stats = exc.stats
+            raise
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         run = state_of(self.config)

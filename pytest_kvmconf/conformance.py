@@ -251,7 +251,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
         out.append(
             f"| **{row['id']}** {_cell(row['title'])} | “{_cell(row['quote'])}”{where} | {verdict} | "
             f"{'' if row['examples'] is None else row['examples']} | {row['seconds']:.2f} |")
-    out += ["", "Examples: schedules explored (blank when the search stopped at a violation or did not run). "
+    out += ["", "Examples: schedules run, shrinking of a violation included (blank when none ran, e.g. a replay). "
                 "Time: seconds the guarantee's test took."]
     return "\n".join(out) + "\n"
 

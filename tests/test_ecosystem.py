@@ -33,8 +33,13 @@ def test_xdist_gives_the_same_verdicts(project: pytest.Pytester) -> None:
     assert "2 workers" in parallel.stdout.str()
     assert outcomes(serial) == outcomes(parallel) == {"TOY-01": "PASSED", "TOY-02": "FAILED", "TOY-03": "SKIPPED"}
     one, two = _report(project, "serial.json"), _report(project, "xdist.json")
-    assert {k: (r["verdict"], r["reason"], r["examples"]) for k, r in one.items()} == \
-           {k: (r["verdict"], r["reason"], r["examples"]) for k, r in two.items()}
+    # A failure's example count depends on where the random search met it (each process has its
+    # own seed); a pass runs the whole budget everywhere.
+    def figures(report: dict) -> dict:
+        return {k: (r["verdict"], r["reason"], r["examples"] if r["verdict"] == "pass" else None)
+                for k, r in report.items()}
+
+    assert figures(one) == figures(two)
     assert two["TOY-01"]["examples"] == 10 and two["TOY-01"]["quote"]  # figures and sentences reach the controller
     # The failure drawing (and its replay command) still comes back from the worker.
     parallel.stdout.fnmatch_lines(["TOY-02 violated: kvm_test_request sees a made request", "*--kvm-replay=TOY-02:*"])

@@ -20,6 +20,7 @@ class ViolationFound(AssertionError):
 
     def __init__(self, outcome: Outcome):
         self.outcome = outcome
+        self.stats: Stats | None = None
         v = outcome.violation
         super().__init__(f"{outcome.guarantee.id}: {v.kind if v else '?'}: {v.message if v else ''}")
 
@@ -29,6 +30,7 @@ class NothingReached(AssertionError):
 
     def __init__(self, g: Guarantee, examples: int, last: Outcome | None):
         self.guarantee, self.examples, self.last = g, examples, last
+        self.stats: Stats | None = None
         checks = [str(c.expr) for c in g.checks if c.kind == "exists"]
         super().__init__(f"{g.id}: none of {examples} schedules reached: {'; '.join(checks)}")
 
@@ -71,12 +73,15 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
     start = time.perf_counter()
     try:
         test()
+        if g.has_exists:
+            wanted = {i for i, c in enumerate(g.checks) if c.kind == "exists"}
+            if not wanted <= stats.reached:
+                raise NothingReached(g, stats.examples, last[0] if last else None)
+    except (ViolationFound, NothingReached) as exc:
+        exc.stats = stats  # the report wants the search's figures for failures too
+        raise
     finally:
         stats.seconds = time.perf_counter() - start
-    if g.has_exists:
-        wanted = {i for i, c in enumerate(g.checks) if c.kind == "exists"}
-        if not wanted <= stats.reached:
-            raise NothingReached(g, stats.examples, last[0] if last else None)
     return stats
 
 
