@@ -16,7 +16,9 @@ entries) and everything that changes them:
 Machine options: ``sp`` = "direct" (the default; each SPTE's gfn is fixed) or
 "indirect" (the SPTE follows a guest PTE the guest may change), ``ad_bits``
 (default true; false is EPT without A/D bits, where aging uses lockless
-access tracking), ``nsptes`` (default 2).
+access tracking), ``tracked`` (default false; with ``ad_bits = false``, every
+SPTE starts marked for access tracking, as after an earlier aging pass),
+``nsptes`` (default 2).
 
 Initial state: SPTE i maps gfn i; gfns 0..nsptes-1 are resident in host
 pages (pfn 10 + gfn), the other gfns are not; every SPTE is present,

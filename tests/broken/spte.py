@@ -1,7 +1,8 @@
 """Broken variants of the SPTE model (locking.rst section 2): each breaks one rule.
 
-Each is a reference machine with one kernel function replaced by the version
-the document warns against; BROKEN maps each to the spec that must catch it.
+Each is a reference (or threaded) machine with one kernel function replaced by
+the version the document warns against; BROKEN maps each to the spec that must
+catch it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import replace
 
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
 from pytest_kvmconf.backends.reference.spte import ZERO, Spte
-from pytest_kvmconf.scheduling import Point
+from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
+from pytest_kvmconf.scheduling import Point, point
 
 
 class PlainStoreFastPath(ReferenceMachine):
@@ -104,7 +106,44 @@ class ZapWithoutPropagation(ReferenceMachine):
         yield Point(f"xchg(spte{i}, 0), A/D dropped")
 
 
-def backend(machine: type) -> ReferenceBackend:
+class NonAtomicRestore(ReferenceMachine):
+    """The fast path restores an access-tracked SPTE with a plain store (it only uses
+    cmpxchg to set W on a present one)."""
+
+    def _fast_cmpxchg(self, i: int, old: Spte, new: Spte) -> Generator[Point, None, bool]:
+        if not old.tracked:
+            return (yield from super()._fast_cmpxchg(i, old, new))
+        self.shadow_mmu.sptes[i] = new
+        yield Point(f"spte{i} = {new.text()} (plain store)")
+        return True
+
+
+# The same mistakes in the threaded backend, a real concurrent program.
+
+class ThreadedPlainStoreFastPath(ThreadedMachine):
+    """The threaded fast path writes the SPTE word with a plain store instead of cmpxchg64."""
+
+    def fast_pf_commit(self, i: int, old: Spte, new: Spte) -> bool:
+        self.spte_words[i].write(new)
+        point(f"spte{i} = {new.text()} (plain store)")
+        return True
+
+
+class ThreadedNonAtomicClearTrackBits(ThreadedMachine):
+    """The threaded mmu_spte_clear_track_bits() with the "origin code" test for volatile bits."""
+
+    def spte_has_volatile_bits(self, s: Spte) -> bool:
+        if s.present and s.a and not s.w:
+            return False
+        return super().spte_has_volatile_bits(s)
+
+
+def backend(machine: type) -> ReferenceBackend | ThreadedBackend:
+    if issubclass(machine, ThreadedMachine):
+        t = ThreadedBackend()
+        t.name = f"broken-{machine.__name__}"
+        t.machine_class = machine
+        return t
     b = ReferenceBackend()
     b.name = f"broken-{machine.__name__}"
     b.machine_class = machine
@@ -122,4 +161,7 @@ BROKEN: dict[type, str] = {
     RestoresWOnRead: "SPTE-05",
     RestoresWritableOnRead: "SPTE-05",
     RestoresWithoutSavedRX: "SPTE-05",
+    NonAtomicRestore: "SPTE-05",
+    ThreadedPlainStoreFastPath: "SPTE-01",
+    ThreadedNonAtomicClearTrackBits: "SPTE-03",
 }

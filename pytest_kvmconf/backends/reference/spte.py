@@ -107,6 +107,8 @@ class SpteModel:
         role = opts.get("sp", "direct")
         if role not in ("direct", "indirect"):
             raise ValueError(f"machine option sp must be 'direct' or 'indirect', not {role!r}")
+        if opts.get("tracked", False) and opts.get("ad_bits", True):
+            raise ValueError("machine option tracked needs ad_bits = false (access tracking)")
         n = int(opts.get("nsptes", 2))
         m = ShadowMmu(role=role, ad_bits=bool(opts.get("ad_bits", True)), sptes=[ZERO] * n,
                       gptes=list(range(n)), gfn_to_pfn={g: PFN_BASE + g for g in range(n)},
@@ -116,6 +118,8 @@ class SpteModel:
         self.shadow_mmu = m
         for i in range(n):
             m.sptes[i] = self._new_spte(i, m.gfn_to_pfn[i])
+            if opts.get("tracked", False):
+                m.sptes[i] = self._access_track(m.sptes[i])
 
     def observe_spte(self) -> dict[str, Any]:
         m = self.shadow_mmu

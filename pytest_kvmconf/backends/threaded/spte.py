@@ -134,7 +134,10 @@ class SpteThreads:
         self.vcpu_mmus = [VcpuMmu() for _ in range(config.vcpus)]
         self.spte_words = [SpteWord(ZERO) for _ in range(n)]
         for i in range(n):
-            self.spte_words[i].write(self.make_spte(i, self.gfn_to_pfn[i]))
+            s = self.make_spte(i, self.gfn_to_pfn[i])
+            if opts.get("tracked", False):  # aged before the run: marked for access tracking
+                s = replace(s, present=False, tracked=True, r=False, x=False, saved_r=s.r, saved_x=s.x)
+            self.spte_words[i].write(s)
 
     def observe_spte(self) -> dict[str, Any]:
         sptes = []
@@ -230,10 +233,7 @@ class SpteThreads:
                 pinned = self.pin_gfn(gfn, old)
                 if pinned is None:
                     return "slow"
-            seen = word.cmpxchg(old, new)
-            ok = seen == old
-            point(f"cmpxchg(spte{i}, old_spte, {new.text()}) "
-                  f"{'succeeded' if ok else 'failed: the SPTE changed'}")
+            ok = self.fast_pf_commit(i, old, new)
             if ok and new.w and not old.w:
                 with self.host_lock:
                     self.dirty_bitmap.add(gfn)
@@ -244,6 +244,13 @@ class SpteThreads:
                 return "fixed"
         point("too many retries: slow path")
         return "slow"
+
+    def fast_pf_commit(self, i: int, old: Spte, new: Spte) -> bool:
+        """fast_pf_fix_direct_spte(): cmpxchg64 against the value read."""
+        ok = self.spte_words[i].cmpxchg(old, new) == old
+        point(f"cmpxchg(spte{i}, old_spte, {new.text()}) "
+              f"{'succeeded' if ok else 'failed: the SPTE changed'}")
+        return ok
 
     def fast_pf_new_spte(self, old: Spte, write: bool) -> Spte | None:
         if not old.shadow_present:
