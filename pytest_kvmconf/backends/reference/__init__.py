@@ -16,13 +16,15 @@ from ...backend import MachineConfig, ThreadContext
 from ...spec.versions import KNOWN_VERSIONS, VersionRange
 from .attr import AttrModel
 from .locking import LockingModel
+from .mp import MpModel
 from .requests import RequestsModel
 from .spte import SpteModel
 
 #: Facet mixins, in method resolution order. Add a facet here and its
 #: capabilities to CAPABILITIES.
-MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel, AttrModel)
-CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "locking", "spte", "attr"})
+MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel, AttrModel, MpModel)
+CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "locking", "spte", "attr",
+                          "mp", "system_events"})
 
 
 class _Machine:
