@@ -12,14 +12,17 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from pytest_kvmconf.backends.reference import ReferenceBackend
-from pytest_kvmconf.engine.explore import ViolationFound
+from pytest_kvmconf.backends.threaded import ThreadedBackend
+from pytest_kvmconf.engine.explore import ViolationFound, explore
 from pytest_kvmconf.engine.lockdep import READ, SYNC, WRITE, LockRecorder, find_violations
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule
 from pytest_kvmconf.engine.schedule import Schedule
 from pytest_kvmconf.spec.loader import SpecError, load_file
 from pytest_kvmconf.spec.locks import LockRules
+from pytest_kvmconf.strategies import schedule_strategy
 
 from .bite import BUDGET, applicable, guarantees, verdict
 from .broken.locking import VARIANTS, backend
@@ -67,6 +70,55 @@ def test_lock_02_and_08_follow_the_document_version() -> None:
         assert lock in {h.lock for h in count.held}
 
 
+# -- the threaded backend: the same paths over real blocking locks, controlled and free -------
+
+def newest_text(gid: str) -> str:
+    return next(v for v in reversed(TEXTS) if guarantees()[gid].versions.contains(v))
+
+
+@pytest.mark.parametrize("free", [False, True], ids=["controlled", "free"])
+@pytest.mark.parametrize("gid", LOCK_IDS)
+def test_threaded_passes(gid: str, free: bool) -> None:
+    found = verdict(gid, ThreadedBackend(), newest_text(gid), free=free)
+    assert found is None, str(found)
+
+
+@pytest.mark.parametrize("name,gid,free", [
+    ("NotifierTakesSlotsLock", "LOCK-03", False),
+    ("UpdateIgnoresInvalidations", "LOCK-03", True),
+    ("VmexitTakesSlotsLock", "LOCK-04", True),
+    ("XenHvmTakesVcpuMutex", "LOCK-06", True),
+    ("OnlineCpuTakesUsageLock", "LOCK-02", False),
+    ("TscSyncTakesKvmLock", "LOCK-09", True),
+])
+def test_threaded_broken_variant_is_caught(name: str, gid: str, free: bool) -> None:
+    version = VARIANTS[name][2] if guarantees()[gid].versions.contains(VARIANTS[name][2]) else newest_text(gid)
+    b = backend(name, ThreadedBackend())
+    if free:  # preemptive runs do not replay, so no hypothesis verdict: the first violating run
+        assert first_free_violation(guarantees()[gid], b, version) is not None, \
+            f"no free run of {gid} caught {name} on real locks"
+    else:
+        assert verdict(gid, b, version) is not None, f"{name} on real locks was not caught by {gid}"
+
+
+def first_free_violation(g, b, version: str, n: int = BUDGET):
+    """The first violation among ``n`` free runs over hypothesis-drawn schedules (fixed seed)."""
+    found: list = []
+
+    @seed(0)
+    @settings(max_examples=n, database=None, deadline=None, suppress_health_check=list(HealthCheck),
+              phases=[Phase.generate])
+    @given(schedule_strategy(g, version))
+    def run(s: Schedule) -> None:
+        if not found:
+            out = run_schedule(g, b, s, RunOptions(version, free=True, point_timeout=2.0))
+            if out.violation is not None:
+                found.append(out.violation)
+
+    run()
+    return found[0] if found else None
+
+
 # -- an inversion is reported even when the run does not hang; a hang is a deadlock ----------
 
 def test_inversion_reported_with_both_paths_without_a_hang() -> None:
@@ -102,14 +154,14 @@ steps = [{ op = "kvm_synchronize_tsc", vcpu = 0 }]
 final = "True"
 ''')
     (g,) = load_file(spec)
-    from hypothesis import settings
 
-    from pytest_kvmconf.engine.explore import explore
-
-    with pytest.raises(ViolationFound) as found:
-        explore(g, backend("TscSyncTakesKvmLock"), RunOptions("6.18"),
-                settings(max_examples=BUDGET, database=None, deadline=None), seed=0)
-    assert found.value.outcome.violation.kind == "deadlock"
+    for b in (backend("TscSyncTakesKvmLock"), backend("TscSyncTakesKvmLock", ThreadedBackend())):
+        with pytest.raises(ViolationFound) as found:
+            explore(g, b, RunOptions("6.18"), settings(max_examples=BUDGET, database=None, deadline=None), seed=0)
+        assert found.value.outcome.violation.kind == "deadlock", b.name
+    # Preemptive real threads get really stuck on the real locks.
+    free = first_free_violation(g, backend("TscSyncTakesKvmLock", ThreadedBackend()), "6.18")
+    assert free is not None and free.kind == "deadlock", free
     # The correct order never hangs.
     assert explore(g, ReferenceBackend(), RunOptions("6.18"),
                    settings(max_examples=BUDGET, database=None, deadline=None), seed=0).examples == BUDGET

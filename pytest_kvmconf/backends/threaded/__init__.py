@@ -21,13 +21,14 @@ from typing import Any
 from ...backend import MachineConfig, ThreadContext
 from ...spec.versions import KNOWN_VERSIONS, VersionRange
 from .attr import AttrThreads
+from .locking import LockingThreads
 from .requests import RequestsThreads
 from .spte import SpteThreads
 
 #: Facet mixins, in method resolution order. Add a facet here and its
 #: capabilities to CAPABILITIES.
-MIXINS: tuple[type, ...] = (RequestsThreads, SpteThreads, AttrThreads)
-CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "spte", "attr"})
+MIXINS: tuple[type, ...] = (RequestsThreads, SpteThreads, AttrThreads, LockingThreads)
+CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "spte", "attr", "locking"})
 
 
 class _Machine:
