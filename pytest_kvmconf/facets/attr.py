@@ -53,6 +53,17 @@ def is_spi(intid: int) -> bool:
     return SPI_BASE <= intid <= SPI_LIMIT
 
 
+def attr_name(group: int, attr: int) -> str:
+    """The uapi names of a (group, attr) pair, for timelines."""
+    names = {
+        (KVM_ARM_VCPU_PMU_V3_CTRL, KVM_ARM_VCPU_PMU_V3_IRQ): "PMU_V3_IRQ",
+        (KVM_ARM_VCPU_PMU_V3_CTRL, KVM_ARM_VCPU_PMU_V3_INIT): "PMU_V3_INIT",
+        (KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_VTIMER): "TIMER_IRQ_VTIMER",
+        (KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_PTIMER): "TIMER_IRQ_PTIMER",
+    }
+    return names.get((group, attr), f"group {group}, attr {attr}")
+
+
 attr = register(Facet(
     "attr",
     "arm64 vCPU device attributes (devices/vcpu.rst): PMUv3 and timer interrupt groups, "

@@ -1,12 +1,15 @@
 """Broken variants of the arm64 vCPU attribute model (devices/vcpu.rst): each breaks one rule.
 
-BROKEN maps each machine to the spec that must catch it.
+Reference machines, and two threaded ones. BROKEN maps each machine to the spec that must catch it.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
 from pytest_kvmconf.backends.reference.attr import ArmVcpu
+from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
 from pytest_kvmconf.facets.attr import EBUSY, EINVAL, ENODEV, ENXIO, KVM_ARM_VCPU_PMU_V3_IRQ, is_ppi, is_spi
 
 
@@ -153,7 +156,37 @@ class TimerPropagatedToLaterVcpus(ReferenceMachine):
         return vcpus.vcpus[0].vtimer, vcpus.vcpus[0].ptimer
 
 
-def backend(machine: type) -> ReferenceBackend:
+# The same mistakes in the threaded backend.
+
+class ThreadedTimerIrqAcceptedAfterRun(ThreadedMachine):
+    """The threaded timer attributes stay writable after a vCPU has run."""
+
+    def arm_timer_set_attr(self, attr: int, irq: int) -> int:
+        immutable, self.arm_timer_ppis_immutable = self.arm_timer_ppis_immutable, False
+        try:
+            return super().arm_timer_set_attr(attr, irq)
+        finally:
+            self.arm_timer_ppis_immutable = immutable
+
+
+class ThreadedSpiSharedByTwoVcpus(ThreadedMachine):
+    """The threaded PMU interrupt check lets two vCPUs share an SPI."""
+
+    def arm_pmu_set_attr(self, c: Any, attr: int, irq: int) -> int:
+        if attr == KVM_ARM_VCPU_PMU_V3_IRQ and is_spi(irq) and self.arm_pmu and self.arm_vgic_created \
+                and not c.pmu_created and c.pmu_irq_num < 0 \
+                and all(is_spi(o.pmu_irq_num) for o in self.arm_vcpu_states if o.pmu_irq_num >= 0):
+            c.pmu_irq_num = irq
+            return 0
+        return super().arm_pmu_set_attr(c, attr, irq)
+
+
+def backend(machine: type) -> ReferenceBackend | ThreadedBackend:
+    if issubclass(machine, ThreadedMachine):
+        t = ThreadedBackend()
+        t.name = f"broken-{machine.__name__}"
+        t.machine_class = machine
+        return t
     b = ReferenceBackend()
     b.name = f"broken-{machine.__name__}"
     b.machine_class = machine
@@ -178,4 +211,6 @@ BROKEN: dict[type, str] = {
     CollidingTimersRun: "ATTR-10",
     TimerNotPropagated: "ATTR-11",
     TimerPropagatedToLaterVcpus: "ATTR-11",
+    ThreadedTimerIrqAcceptedAfterRun: "ATTR-08",
+    ThreadedSpiSharedByTwoVcpus: "ATTR-05",
 }

@@ -7,9 +7,14 @@ kernel (arch/arm64/kvm/pmu-emul.c, arch_timer.c; see "Implementation facts" in
 GUARANTEES.md): for the PMU, ENODEV, then EBUSY once initialised, then EINVAL
 (no irqchip, not a PPI/SPI, inconsistent with another vCPU), then EBUSY if the
 IRQ is set; for the timers, EINVAL (no irqchip, not a PPI), then EBUSY once a
-first KVM_RUN validated them. The consistency rule compares with the *other*
-vCPUs, so setting a vCPU's own IRQ again is "already set" (EBUSY), as the
-document's table says.
+first KVM_RUN validated them.
+
+Two places where the model follows the document rather than the kernel
+(pmu_irq_is_valid() in arch/arm64/kvm/pmu-emul.c): the consistency rule
+compares with the *other* vCPUs, so setting a vCPU's own SPI again is "already
+set" (EBUSY, the document's table) where the kernel answers EINVAL; and "the
+interrupt type must be same for each vcpu" is enforced both ways, where the
+kernel accepts an SPI on one vCPU after a PPI on another.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ...facets.attr import (
     KVM_ARM_VCPU_TIMER_IRQ_PTIMER,
     KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
     MAX_VCPUS,
+    attr_name,
     is_ppi,
     is_spi,
 )
@@ -158,7 +164,8 @@ class AttrModel:
             ret = self._timer_set(c, attr, value)
         else:
             ret = -ENXIO
-        return (yield from self._ioctl(f"vcpu{vcpu}: KVM_SET_DEVICE_ATTR({group}, {attr}, {value})", ret))
+        return (yield from self._ioctl(f"vcpu{vcpu}: KVM_SET_DEVICE_ATTR({attr_name(group, attr)}, {value})",
+                                       ret))
 
     def kvm_get_device_attr(self, ctx: ThreadContext, vcpu: int, group: int, attr: int) -> Steps:
         c = self._vcpu(vcpu)
@@ -170,7 +177,7 @@ class AttrModel:
             ret = self._timer_get(c, attr)
         else:
             ret = -ENXIO
-        return (yield from self._ioctl(f"vcpu{vcpu}: KVM_GET_DEVICE_ATTR({group}, {attr})", ret))
+        return (yield from self._ioctl(f"vcpu{vcpu}: KVM_GET_DEVICE_ATTR({attr_name(group, attr)})", ret))
 
     def kvm_has_device_attr(self, ctx: ThreadContext, vcpu: int, group: int, attr: int) -> Steps:
         c = self._vcpu(vcpu)
@@ -183,7 +190,7 @@ class AttrModel:
             ret = 0 if attr in (KVM_ARM_VCPU_TIMER_IRQ_VTIMER, KVM_ARM_VCPU_TIMER_IRQ_PTIMER) else -ENXIO
         else:
             ret = -ENXIO
-        return (yield from self._ioctl(f"vcpu{vcpu}: KVM_HAS_DEVICE_ATTR({group}, {attr})", ret))
+        return (yield from self._ioctl(f"vcpu{vcpu}: KVM_HAS_DEVICE_ATTR({attr_name(group, attr)})", ret))
 
     # -- the PMUv3 group ------------------------------------------------------
     def _pmu_set(self, c: ArmVcpu, attr: int, value: int) -> int:

@@ -30,6 +30,7 @@ from ...facets.attr import (
     KVM_ARM_VCPU_TIMER_IRQ_PTIMER,
     KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
     MAX_VCPUS,
+    attr_name,
     is_ppi,
     is_spi,
 )
@@ -127,7 +128,7 @@ class AttrThreads:
                 ret = self.arm_timer_set_attr(attr, value)
             else:
                 ret = -ENXIO
-        return self.arm_ioctl_done(f"vcpu{vcpu}: KVM_SET_DEVICE_ATTR({group}, {attr}, {value})", ret)
+        return self.arm_ioctl_done(f"vcpu{vcpu}: KVM_SET_DEVICE_ATTR({attr_name(group, attr)}, {value})", ret)
 
     def kvm_get_device_attr(self, ctx: ThreadContext, vcpu: int, group: int, attr: int) -> int:
         with self.config_lock:
@@ -147,7 +148,7 @@ class AttrThreads:
                 ret = c.timer_irq.get(attr, -ENXIO)
             else:
                 ret = -ENXIO
-        return self.arm_ioctl_done(f"vcpu{vcpu}: KVM_GET_DEVICE_ATTR({group}, {attr})", ret)
+        return self.arm_ioctl_done(f"vcpu{vcpu}: KVM_GET_DEVICE_ATTR({attr_name(group, attr)})", ret)
 
     def kvm_has_device_attr(self, ctx: ThreadContext, vcpu: int, group: int, attr: int) -> int:
         c = self.arm_vcpu_state(vcpu)
@@ -160,7 +161,7 @@ class AttrThreads:
             ret = 0 if attr in c.timer_irq else -ENXIO
         else:
             ret = -ENXIO
-        return self.arm_ioctl_done(f"vcpu{vcpu}: KVM_HAS_DEVICE_ATTR({group}, {attr})", ret)
+        return self.arm_ioctl_done(f"vcpu{vcpu}: KVM_HAS_DEVICE_ATTR({attr_name(group, attr)})", ret)
 
     def arm_pmu_set_attr(self, c: ArmVcpuState, attr: int, irq: int) -> int:
         """kvm_arm_pmu_v3_set_attr(), config_lock held."""
