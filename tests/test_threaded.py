@@ -223,7 +223,7 @@ class KickRaises(ThreadedMachine):
         raise RuntimeError("kick exploded")
 
 
-def run_toy(machine: type, free: bool, tape: tuple[int, ...] = (1,), timeout: float = 0.3) -> Outcome:
+def run_toy(machine: type, free: bool, tape: tuple[int, ...] = (1,), timeout: float = 0.5) -> Outcome:
     b = ThreadedBackend()
     b.machine_class = machine
     s = Schedule("REQ-15", (("req", KVM_REQ_TLB_FLUSH),), (), tape)
@@ -268,7 +268,7 @@ def test_an_exception_in_a_backend_thread_is_reported(no_thread_leak: None, free
 @pytest.mark.parametrize("free", [False, True], ids=["controlled", "free"])
 def test_wait_until_without_a_condition_variable(no_thread_leak: None, free: bool) -> None:
     for tape in ((0,), (1,), (1, 0, 0), (0, 1, 1, 2, 1)):
-        out = run_toy(KickWaitsForGuest, free, tape=tape)
+        out = run_toy(KickWaitsForGuest, free, tape=tape, timeout=3.0)
         assert out.violation is None, out.violation
         vcpu0 = out.final_state["vcpus"][0]
         assert vcpu0["entries"] == 1 and vcpu0["exits"] == 1 and vcpu0["ipis"] == 1
