@@ -182,7 +182,8 @@ mp.op("signal_vcpu", [V], "none",
       "If the thread is not inside KVM_RUN the handler runs and the signal is gone.")
 mp.op("inject_wakeup", [V], "int",
       "Make a wake-up event pending for the vCPU: x86 an NMI by KVM_SIGNAL_MSI (needs the irqchip), "
-      "arm64/riscv an interrupt. Returns the ioctl's result (>0 delivered, 0 blocked) or -errno.")
+      "arm64/riscv an interrupt. Returns the ioctl's result (>0 delivered, 0 blocked) or -errno "
+      "(Linux: -EINVAL without an in-kernel irqchip).")
 mp.op("suppress_wakeup", [V], "none",
       "Take the pending wake-up event away again (userspace masks the interrupt).")
 mp.op("wait_in_kvm_run", [V, Arg("nth", "int", optional=True, default=1,

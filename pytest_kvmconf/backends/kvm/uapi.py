@@ -326,3 +326,21 @@ def map_memory(size: int, fd: int = -1) -> int:
 def unmap_memory(addr: int, size: int) -> None:
     if _libc.munmap(addr, size) != 0:
         raise KvmError("munmap", ctypes.get_errno())
+
+
+# -- arch/x86/include/uapi/asm/kvm.h: the in-kernel LAPIC's register page ---------
+KVM_APIC_REG_SIZE = 0x400  # #define KVM_APIC_REG_SIZE 0x400
+
+
+class kvm_lapic_state(ctypes.Structure):  # noqa: N801
+    """arch/x86/include/uapi/asm/kvm.h: struct kvm_lapic_state."""
+
+    _fields_ = [("regs", ctypes.c_uint8 * KVM_APIC_REG_SIZE)]
+
+
+KVM_GET_LAPIC = _IOR(KVMIO, 0x8E, kvm_lapic_state)  # include/uapi/linux/kvm.h
+KVM_SET_LAPIC = _IOW(KVMIO, 0x8F, kvm_lapic_state)
+# The spurious-interrupt vector register and its APIC software enable bit (the x86 APIC
+# architecture; arch/x86/include/asm/apicdef.h APIC_SPIV, APIC_SPIV_APIC_ENABLED).
+APIC_SPIV = 0xF0
+APIC_SPIV_APIC_ENABLED = 1 << 8

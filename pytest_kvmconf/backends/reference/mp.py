@@ -19,7 +19,6 @@ from ...backend import MachineConfig, ThreadContext
 from ...facets.mp import (
     EINTR,
     EINVAL,
-    ENXIO,
     GUEST_PROGRAMS,
     KVM_CAP_ARM_SYSTEM_SUSPEND,
     KVM_CAP_IMMEDIATE_EXIT,
@@ -233,8 +232,8 @@ class MpModel:
     def inject_wakeup(self, ctx: ThreadContext, vcpu: int) -> Steps:
         v = self.mp_vcpus[vcpu]
         if not self.mp_irqchip:
-            yield Point("KVM_SIGNAL_MSI: no in-kernel irqchip, -ENXIO")
-            return -ENXIO
+            yield Point("KVM_SIGNAL_MSI: no in-kernel irqchip, -EINVAL")
+            return -EINVAL
         v.wakeups += 1
         v.wakeup_pending = True
         what = "NMI (KVM_SIGNAL_MSI)" if self.mp_arch == "x86_64" else "interrupt"
