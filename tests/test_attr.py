@@ -6,13 +6,14 @@ Plus direct checks of the model's answers for the document's tables.
 from __future__ import annotations
 
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from pytest_kvmconf.backend import MachineConfig, ThreadContext
 from pytest_kvmconf.backends.reference import ReferenceBackend
 from pytest_kvmconf.backends.threaded import ThreadedBackend
 from pytest_kvmconf.engine.explore import NothingReached, ViolationFound, explore
-from pytest_kvmconf.engine.runner import RunOptions
+from pytest_kvmconf.engine.runner import RunOptions, run_schedule
 from pytest_kvmconf.facets.attr import (
     EBUSY,
     EINVAL,
@@ -26,6 +27,7 @@ from pytest_kvmconf.facets.attr import (
     KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
 )
 from pytest_kvmconf.spec.versions import NEWEST
+from pytest_kvmconf.strategies import schedule_strategy
 
 from .bite import BUDGET, applicable, guarantees, verdict
 from .broken.attr import BROKEN, backend
@@ -148,3 +150,30 @@ def test_timer_table_of_section_2() -> None:
     assert vmm.arm_vcpu_run(vcpu=2) == 0
     assert vmm.set(0, TIMER, VTIMER, 20) == -EBUSY
     assert vmm.arm_create_vcpu() == -EBUSY  # the first KVM_RUN initialised the vGIC
+
+
+def test_both_backends_observe_exactly_the_declared_observables() -> None:
+    from pytest_kvmconf.facets import FACETS, all_observables
+
+    all_observables()  # loads the facets
+    config = MachineConfig(3, "arm64", NEWEST, {"pmu": False})
+    ref = ReferenceBackend().new_machine(config).observe_attr()
+    thr = ThreadedBackend().new_machine(config).observe_attr()
+    assert set(ref) == set(thr) == set(FACETS["attr"].observables)
+    assert ref == thr
+
+
+ATTR_KEYS = ("arm_vcpus", "vgic_created", "vgic_initialized", "pmu_supported", "any_ran", "run_attempts")
+
+
+@settings(max_examples=25, database=None, deadline=None)
+@given(data=st.data())
+def test_threaded_runs_the_same_schedules_as_the_reference(data: st.DataObject) -> None:
+    gid = data.draw(st.sampled_from(ATTR_IDS))
+    g = guarantees()[gid]
+    s = data.draw(schedule_strategy(g, NEWEST))
+    ref = run_schedule(g, ReferenceBackend(), s, RunOptions(NEWEST))
+    thr = run_schedule(g, ThreadedBackend(), s, RunOptions(NEWEST))
+    assert [(e.thread, e.texts) for e in thr.timeline] == [(e.thread, e.texts) for e in ref.timeline]
+    assert {k: thr.final_state[k] for k in ATTR_KEYS} == {k: ref.final_state[k] for k in ATTR_KEYS}
+    assert thr.violation is None and ref.violation is None

@@ -7,7 +7,8 @@ and the lost Dirty bit table of section 2 (2).
 from __future__ import annotations
 
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
 from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
@@ -15,6 +16,7 @@ from pytest_kvmconf.engine.explore import NothingReached, ViolationFound, explor
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule
 from pytest_kvmconf.engine.schedule import Schedule
 from pytest_kvmconf.spec.versions import NEWEST
+from pytest_kvmconf.strategies import schedule_strategy
 
 from .bite import BUDGET, applicable, guarantees, verdict
 from .broken.spte import BROKEN, IndirectFastPathUnpinned, NonAtomicClearTrackBits, backend
@@ -157,3 +159,33 @@ def test_a_pinned_pfn_is_not_reused(machine: type) -> None:
     state = out.final_state
     assert state["gfn_to_pfn"] == {0: 10, 1: 11, 2: 12}  # gfn 2 got a new pfn, not the pinned one
     assert state["sptes"][0]["pfn"] == 12 and state["writes"] == ()
+
+
+def test_both_backends_observe_exactly_the_declared_observables() -> None:
+    from pytest_kvmconf.backend import MachineConfig
+    from pytest_kvmconf.facets import FACETS, all_observables
+
+    all_observables()  # loads the facets
+    declared = set(FACETS["spte"].observables)
+    config = MachineConfig(2, "x86_64", NEWEST, {"sp": "indirect", "ad_bits": False})
+    ref = ReferenceBackend().new_machine(config).observe_spte()
+    thr = ThreadedBackend().new_machine(config).observe_spte()
+    assert set(ref) == set(thr) == declared
+    assert ref == thr
+
+
+SPTE_KEYS = ("sptes", "gfn_to_pfn", "dirty_bitmap", "pfn_dirty", "pfn_accessed", "accesses", "tlbs",
+             "tlb_flush_pending", "write_protected")
+
+
+@settings(max_examples=25, database=None, deadline=None)
+@given(data=st.data())
+def test_threaded_runs_the_same_schedules_as_the_reference(data: st.DataObject) -> None:
+    gid = data.draw(st.sampled_from(SPTE_IDS))
+    g = guarantees()[gid]
+    s = data.draw(schedule_strategy(g, NEWEST))
+    ref = run_schedule(g, ReferenceBackend(), s, RunOptions(NEWEST))
+    thr = run_schedule(g, ThreadedBackend(), s, RunOptions(NEWEST))
+    assert [(e.thread, e.texts) for e in thr.timeline] == [(e.thread, e.texts) for e in ref.timeline]
+    assert {k: thr.final_state[k] for k in SPTE_KEYS} == {k: ref.final_state[k] for k in SPTE_KEYS}
+    assert thr.violation is None and ref.violation is None
