@@ -240,6 +240,7 @@ def test_a_blocking_backend_thread_is_reported_as_a_hang(no_thread_leak: None, f
     msg = out.violation.message
     assert "requester" in msg and "vcpu0" in msg
     assert "self.gate.wait()" in msg  # the hung thread's Python stack
+    assert "express it with wait_on()" in msg  # a real wait the engine cannot see
 
 
 def test_a_lock_held_across_a_point_is_reported_with_both_threads(no_thread_leak: None) -> None:

@@ -23,6 +23,16 @@ interleavings explorable the backend marks, from that thread:
 no exit coming, a vCPU asleep in kvm_vcpu_block): a run whose threads are all
 done or idle has ended; a thread in a non-idle wait then is a deadlock.
 
+A kick and a guest stay in the ``threaded`` backend read::
+
+    seen = v.mode.cmpxchg(IN_GUEST_MODE, EXITING_GUEST_MODE)   # an atomic, no lock held after
+    point("cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE)")
+    if seen == IN_GUEST_MODE:
+        self.send_ipi(v)                  # under v's CPU lock, then cpu_irq.notify_all()
+        point("smp_send_reschedule()")
+    ...
+    wait_on(v.cpu_irq, "guest runs", lambda: v.ipis_pending > 0, idle=True)
+
 Points and waits outside a spec thread (a helper thread the backend starts
 itself, plain use without pytest) do nothing / really wait, so a backend can
 leave them in place.
@@ -311,6 +321,17 @@ class _ThreadBase(Handle, Controller):
     def _stop(self, wait: tuple[Callable[[], bool], bool] | None) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def blocked_in(self, frames: Mapping[int, Any]) -> str:
+        """What a running thread is blocked in, when the engine can tell."""
+        frame = frames.get(self.thread.ident) if self.thread.ident is not None else None
+        if frame is None or not self.thread.is_alive():
+            return ""
+        code = frame.f_code
+        if code.co_filename == threading.__file__ and code.co_name == "wait":
+            return ("a real Condition.wait/Event.wait, which the engine cannot see: "
+                    "express it with wait_on() or scheduling.wait_until()")
+        return ""
+
     def stack(self, frames: Mapping[int, Any]) -> list[str]:
         frame = frames.get(self.thread.ident or -1) if self.thread.ident is not None else None
         if frame is None or not self.thread.is_alive():
@@ -336,7 +357,8 @@ def hang_report(what: str, handles: Sequence[_ThreadBase], seed: int | None = No
     frames = sys._current_frames()
     lines = [what + (f" (delay seed {seed})" if seed is not None else "")]
     for h in handles:
-        lines.append("  " + h.describe())
+        hint = h.blocked_in(frames) if getattr(h, "hung", False) else ""
+        lines.append("  " + h.describe() + (f"; blocked in {hint}" if hint else ""))
         lines.extend(h.stack(frames))
     return BackendHang("\n".join(lines))
 
