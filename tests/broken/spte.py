@@ -106,6 +106,15 @@ class ZapWithoutPropagation(ReferenceMachine):
         yield Point(f"xchg(spte{i}, 0), A/D dropped")
 
 
+class AccessedNotPropagated(ReferenceMachine):
+    """mmu_spte_clear_track_bits() hands the Dirty bit to the pfn but forgets Accessed."""
+
+    def _propagate_ad(self, old: Spte) -> Generator[Point, None, None]:
+        if self._is_dirty(old):
+            self.shadow_mmu.pfn_dirty.add(old.pfn)
+            yield Point(f"kvm_set_pfn_dirty({old.pfn})")
+
+
 class NonAtomicRestore(ReferenceMachine):
     """The fast path restores an access-tracked SPTE with a plain store (it only uses
     cmpxchg to set W on a present one)."""
@@ -156,6 +165,7 @@ BROKEN: dict[type, str] = {
     IndirectFastPathUnpinned: "SPTE-02",
     NonAtomicClearTrackBits: "SPTE-03",
     ZapWithoutPropagation: "SPTE-03",
+    AccessedNotPropagated: "SPTE-03",
     NoFlushOnWriteProtect: "SPTE-04",
     FlushDecisionFromStaleRead: "SPTE-04",
     RestoresWOnRead: "SPTE-05",
