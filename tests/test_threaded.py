@@ -275,6 +275,33 @@ def test_wait_until_without_a_condition_variable(no_thread_leak: None, free: boo
         assert vcpu0["entries"] == 1 and vcpu0["exits"] == 1 and vcpu0["ipis"] == 1
 
 
+def test_without_worker_reuse_threads_end_with_their_run(monkeypatch) -> None:
+    from pytest_kvmconf.engine import threads
+
+    monkeypatch.setattr(threads, "WORKER_IDLE", 0)
+    time.sleep(0.3)  # earlier tests' idle workers leave
+    before = threading.active_count()
+    seen: list[threading.Thread] = []
+
+    class Recording(ThreadedMachine):
+        def run_op(self, ctx, op, args):
+            seen.append(threading.current_thread())
+            return super().run_op(ctx, op, args)
+
+    b = ThreadedBackend()
+    b.machine_class = Recording
+    for free in (False, True):
+        for tape in ((0,), (1,), (1, 0, 0)):
+            run_schedule(guarantees()["REQ-15"], b, Schedule("REQ-15", (("req", KVM_REQ_TLB_FLUSH),), (), tape),
+                         RunOptions("6.18", free=free))
+        deadline = time.monotonic() + 1
+        while threading.active_count() > before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert threading.active_count() == before
+    # two spec threads per run, a fresh OS thread each time
+    assert len({id(t) for t in seen}) == 12
+
+
 def test_no_thread_outlives_many_runs(no_thread_leak: None) -> None:
     for gid in ("REQ-11", "REQ-15", "REQ-25"):
         verdict(gid, ThreadedBackend(), max_examples=20)

@@ -50,7 +50,8 @@ Rules a backend keeps:
 4. Keep no per-OS-thread state across schedules: starting an OS thread costs
    more than a whole schedule, so spec threads run on short-lived workers that
    the next schedule of the same test reuses (a worker idle for
-   ``WORKER_IDLE`` seconds exits; all are daemons).
+   ``WORKER_IDLE`` seconds exits; all are daemons; set it to 0 for a fresh
+   OS thread per spec thread and schedule).
 
 Controlled mode (the default)
 -----------------------------
@@ -161,6 +162,7 @@ def thread_handles(machine: Machine, plans: Sequence[ThreadPlan], fmt_call: Form
 # OS threads: short-lived workers, reused by back-to-back schedules.
 
 #: A worker with no job for this long exits, so no thread outlives a test by more.
+#: 0 gives every spec thread of every schedule an OS thread of its own (slower).
 WORKER_IDLE = 0.25
 
 
