@@ -83,6 +83,27 @@ def test_threaded_passes(gid: str, free: bool) -> None:
     assert found is None, str(found)
 
 
+@pytest.mark.parametrize("gid", LOCK_IDS)
+def test_threaded_takes_the_locks_where_the_model_does(gid: str) -> None:
+    """Same schedules, same steps: the real locks block and wake exactly where the model's do."""
+    g, version = guarantees()[gid], newest_text(gid)
+    schedules: list[Schedule] = []
+
+    @seed(0)
+    @settings(max_examples=5, database=None, deadline=None, suppress_health_check=list(HealthCheck),
+              phases=[Phase.generate])
+    @given(schedule_strategy(g, version))
+    def draw(s: Schedule) -> None:
+        schedules.append(s)
+
+    draw()
+    for s in schedules:
+        ref = run_schedule(g, ReferenceBackend(), s, RunOptions(version))
+        thr = run_schedule(g, ThreadedBackend(), s, RunOptions(version))
+        assert [(e.thread, e.texts) for e in thr.timeline] == [(e.thread, e.texts) for e in ref.timeline]
+        assert thr.final_state["lock_pairs"] == ref.final_state["lock_pairs"]
+
+
 @pytest.mark.parametrize("name,gid,free", [
     ("NotifierTakesSlotsLock", "LOCK-03", False),
     ("UpdateIgnoresInvalidations", "LOCK-03", True),

@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The SRCU whose read side and synchronize_srcu() locking.rst orders against mutexes.
 SRCU = "kvm->srcu"
 READ, WRITE, SYNC = "read", "write", "sync"
+#: violations of one run shown in full in a report.
+SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class Held:
     mode: str
     op: str
     label: str
+
+    def __repr__(self) -> str:
+        return self.label
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,10 @@ class Acquisition:
     def where(self) -> str:
         return f"thread {self.thread}, {self.op}: {self.label}"
 
+    def __repr__(self) -> str:  # short, for the final state of reports
+        held = f" holding {', '.join(h.lock for h in self.held)}" if self.held else ""
+        return f"<{self.thread} {self.op}: {self.label}{held}>"
+
 
 @dataclass(frozen=True)
 class Access:
@@ -81,6 +90,10 @@ class Access:
 
     def where(self) -> str:
         return f"thread {self.thread}, {self.op}: {self.label}"
+
+    def __repr__(self) -> str:
+        held = f" holding {', '.join(h.lock for h in self.held)}" if self.held else ""
+        return f"<{self.thread} {self.op}: {'write' if self.write else 'read'} {self.data}{held}>"
 
 
 def held_where(thread: str, h: Held) -> str:
@@ -162,7 +175,9 @@ class Edge:
 
     def describe(self) -> str:
         verb = "calls synchronize_srcu" if self.acq.mode == SYNC else f"takes {self.acq.lock}"
-        return (f"{self.outer.lock} -> {self.acq.lock}: {self.acq.thread} holds {self.outer.lock} "
+        holds = f"is in a {SRCU} read-side section" if self.outer.lock == SRCU and self.outer.mode == READ \
+            else f"holds {self.outer.lock}"
+        return (f"{self.outer.lock} -> {self.acq.lock}: {self.acq.thread} {holds} "
                 f"(taken at {held_where(self.acq.thread, self.outer)}) and {verb} "
                 f"(at {self.acq.where()})")
 
@@ -314,5 +329,6 @@ def judge(g: Guarantee, state: Mapping[str, Any] | None) -> Violation | None:
     found = find_violations(rules, state["lock_events"], state.get("data_accesses", ()))
     if not found:
         return None
-    more = f"\n({len(found) - 1} more lock rule violation(s) in this run)" if len(found) > 1 else ""
-    return Violation("lockdep", found[0] + more)
+    shown = found[:SHOWN]
+    more = f"\n({len(found) - SHOWN} more lock rule violations in this run)" if len(found) > SHOWN else ""
+    return Violation("lockdep", "\n".join(shown) + more)
