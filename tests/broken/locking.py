@@ -69,7 +69,8 @@ class WalkTakesCpusReadLock:
 
 
 @variant("LOCK-02", "LOCK-09", version="6.12",
-         doc="the CPU-online callback takes kvm_usage_lock inside the CPU hotplug lock")
+         doc="the CPU-online callback takes kvm_usage_lock inside the CPU hotplug lock (as the first "
+             "kvm_usage_lock fix did, before the 6.12 text turned the order around)")
 class OnlineCpuTakesUsageLock:
     def _kvm_online_cpu(self, ctx, online):
         yield from self._lock(ctx, "kvm_usage_lock")
