@@ -65,7 +65,7 @@ def parse_lock_rules(builder: _Builder, raw: Any) -> LockRules | None:
             raise builder.err(f"locks.{k}", f"unknown key {k!r}; allowed: {', '.join(LOCK_KEYS)}")
 
     def lock(key: str, v: Any) -> str:
-        if v not in LOCKS:
+        if not isinstance(v, str) or v not in LOCKS:
             raise builder.err(key, f"unknown lock {v!r}; known: {', '.join(LOCKS)}")
         return v
 
@@ -90,7 +90,7 @@ def parse_lock_rules(builder: _Builder, raw: Any) -> LockRules | None:
                 isinstance(t[k], list) for k in t):
             raise builder.err(key, LOCK_KEYS["not_in_ops"])
         for o in t["ops"]:
-            if o not in ops:
+            if not isinstance(o, str) or o not in ops:
                 raise builder.err(f"{key}.ops", f"unknown operation {o!r}")
         scoped.append((frozenset(t["ops"]), frozenset(lock(f"{key}.locks", x) for x in t["locks"])))
     protects = raw.get("protects", {})
@@ -103,7 +103,7 @@ def parse_lock_rules(builder: _Builder, raw: Any) -> LockRules | None:
         if not isinstance(data, list) or not data:
             raise builder.err(key, "a non-empty list of data names")
         for d in data:
-            if d not in DATA:
+            if not isinstance(d, str) or d not in DATA:
                 raise builder.err(key, f"unknown data {d!r}; known: {', '.join(DATA)}")
         prot.append((name, tuple(data)))
     free = raw.get("deadlock_free", False)
