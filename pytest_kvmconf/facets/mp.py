@@ -149,8 +149,8 @@ mp.constants.update({
 })
 mp.named_sets.update({
     "mp_states": mp_states,
-    # Every defined value plus undefined ones (the next number and ~0u).
-    "mp_state_values": lambda v: mp_states(v) + (len(mp_states(v)), 0xFFFFFFFF),
+    # Every value any text defines, plus undefined ones (the next number and ~0u).
+    "mp_state_values": lambda v: tuple(range(0, 12)) + (0xFFFFFFFF,),
     "x86_mp_states": x86_mp_states,
     "arm64_mp_states": arm64_mp_states,
     "riscv_mp_states": riscv_mp_states,

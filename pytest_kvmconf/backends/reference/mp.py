@@ -185,6 +185,10 @@ class MpModel:
             return True
         return False
 
+    def _mp_event_type(self, program: str) -> int:
+        """The KVM_SYSTEM_EVENT_* type of what the guest program requests."""
+        return SYSTEM_EVENT_OF_PROGRAM[program]
+
     def _mp_system_event(self, v: MpVcpu, event: int) -> None:
         """arm64/riscv: a SHUTDOWN or RESET request stops every vCPU; nothing is destroyed."""
         if event in (KVM_SYSTEM_EVENT_SHUTDOWN, KVM_SYSTEM_EVENT_RESET) and self.mp_arch != "x86_64":
@@ -364,7 +368,7 @@ class MpModel:
                 return run_result(0, KVM_EXIT_SYSTEM_EVENT, KVM_SYSTEM_EVENT_SUSPEND), None
             v.regs["x0"] = PSCI_RET_NOT_SUPPORTED  # KVM answers the call itself
             return None, None
-        event = SYSTEM_EVENT_OF_PROGRAM[program]
+        event = self._mp_event_type(program)
         v.progress += 1
         v.pc = "after_event"
         self._mp_system_event(v, event)
