@@ -1,0 +1,166 @@
+"""The kvm backend against the running kernel (skipped, with the reason, where /dev/kvm is unusable).
+
+* the x86-observable MP specs pass on the live kernel;
+* a VMM that kicks with the signal alone (no immediate_exit) is caught losing a kick by
+  MP-04, on the real kernel: the spec can fail there, not only on models;
+* arm64/riscv statements are skipped by architecture, MP-11 by capability;
+* every fd, mapping, thread and the signal handler are given back after a run;
+* with no /dev/kvm (simulated) every MP guarantee is skipped with the reason, never run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_kvmconf.backend import skip_reason
+from pytest_kvmconf.backends.kvm import KvmBackend, probe, vm
+from pytest_kvmconf.backends.kvm.machine import KvmMachine
+from pytest_kvmconf.engine.explore import ViolationFound
+from pytest_kvmconf.scheduling import Point
+from pytest_kvmconf.spec.versions import NEWEST
+
+from .bite import guarantees, verdict
+
+REASON = probe.environment()[0]
+live = pytest.mark.skipif(REASON is not None, reason=f"kvm backend unusable here: {REASON}")
+
+#: What an x86_64 host shows, and the examples each gets here (KVM_RUN settles cost real time).
+X86_OBSERVABLE = {"MP-01": 25, "MP-02": 25, "MP-03.a": 12, "MP-03.b": 25, "MP-04": 25, "MP-04.a": 20,
+                  "MP-04.b": 25, "MP-10.a": 10}
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def settled_threads(expected: int | None = None, timeout: float = 2.0) -> int:
+    """The thread count once the engine's idle workers have left (they linger 0.25 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = threading.active_count()
+        if n == expected or time.monotonic() > deadline or (expected is None and n == 1):
+            return n
+        time.sleep(0.05)
+
+
+@live
+@pytest.mark.parametrize("gid", sorted(X86_OBSERVABLE))
+def test_x86_observable_guarantees_hold_on_the_kernel(gid: str) -> None:
+    b = KvmBackend()
+    g = guarantees()[gid]
+    assert skip_reason(b, g.needs, g.arch, NEWEST) is None and b.skip_reason(g) is None
+    found = verdict(gid, b, max_examples=X86_OBSERVABLE[gid])
+    assert found is None, str(found)
+
+
+@live
+def test_generator_execution_runs_the_same_operations() -> None:
+    assert verdict("MP-04", KvmBackend("generator"), max_examples=15) is None
+
+
+class SignalOnlyKick(KvmMachine):
+    """A VMM whose kick does not set immediate_exit: only the signal."""
+
+    def op_set_immediate_exit(self, vcpu: int, value: int = 1):
+        yield Point(f"vcpu{vcpu}: immediate_exit left alone")
+
+
+class SignalOnlyBackend(KvmBackend):
+    def new_machine(self, config):  # type: ignore[no-untyped-def]
+        return SignalOnlyKick(config, self.execution)
+
+
+@live
+def test_a_signal_only_kick_is_lost_on_the_real_kernel() -> None:
+    found = verdict("MP-04", SignalOnlyBackend(), max_examples=25)
+    assert isinstance(found, ViolationFound), "the kernel never lost a signal sent before KVM_RUN"
+    assert "kick was lost" in str(found)
+    # Shrunk to the lost kick: the kicker's signal lands before the vCPU thread enters KVM_RUN.
+    assert [e.thread for e in found.outcome.timeline][:2] == ["kicker", "kicker"]
+
+
+def test_arm64_riscv_and_model_only_guarantees_are_skipped_with_the_reason() -> None:
+    b = KvmBackend()
+    for gid, g in guarantees().items():
+        if not gid.startswith("MP-"):
+            continue
+        why = skip_reason(b, g.needs, g.arch, NEWEST)
+        if g.arch in ("arm64", "riscv") and probe.host_arch() == "x86_64":
+            assert why is not None and ("only promise" in why or "lacks capability" in why), (gid, why)
+        if "system_events" in g.needs:
+            assert why is not None and "system_events" in why, (gid, why)
+
+
+@live
+def test_no_fd_mapping_thread_or_handler_outlives_a_run() -> None:
+    handler = signal.getsignal(vm.KICK_SIGNAL)
+    verdict("MP-01", KvmBackend(), max_examples=3)  # warm the engine's worker pool
+    before_fds, before_threads = fds(), settled_threads()
+    maps_before = Path("/proc/self/maps").read_text().count("anon_inode:kvm-vcpu")
+    for gid in ("MP-03.a", "MP-04", "MP-01"):
+        assert verdict(gid, KvmBackend(), max_examples=4) is None
+    # A run whose vCPU thread stays in KVM_RUN for good (the lost kick) is cleaned up too.
+    assert verdict("MP-04", SignalOnlyBackend(), max_examples=6) is not None
+    assert fds() == before_fds
+    assert settled_threads(before_threads) == before_threads
+    assert Path("/proc/self/maps").read_text().count("anon_inode:kvm-vcpu") == maps_before == 0
+    assert signal.getsignal(vm.KICK_SIGNAL) == handler
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("kvmconf-kvm-vcpu")]
+
+
+NO_KVM_CONFTEST = '''
+import errno, os
+from pytest_kvmconf.backends.kvm import probe
+
+class _Os:
+    """os, except that /dev/kvm does not exist."""
+    def __getattr__(self, name):
+        return getattr(os, name)
+    @staticmethod
+    def open(path, *args, **kwargs):
+        if path == "/dev/kvm":
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        return os.open(path, *args, **kwargs)
+
+probe.os = _Os()
+probe.platform.machine = lambda: "x86_64"
+probe.environment.cache_clear()
+'''
+
+
+def test_without_dev_kvm_every_mp_guarantee_is_skipped_with_the_reason(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(NO_KVM_CONFTEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-backend=kvm", "-k", "MP-", "-rs")
+    outcomes = result.parseoutcomes()
+    n = sum(1 for g in guarantees() if g.startswith("MP-"))
+    assert outcomes.get("skipped") == n, result.stdout.str()
+    assert not outcomes.get("passed") and not outcomes.get("failed") and not outcomes.get("error")
+    # Those the host could show say why they did not run; the others, their architecture.
+    result.stdout.fnmatch_lines(["*no /dev/kvm on this machine*"])
+
+
+def test_permission_and_missing_capability_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(path: str, *args: object, **kwargs: object) -> int:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(probe.os, "open", denied)
+    monkeypatch.setattr(probe, "host_arch", lambda: "x86_64")
+    probe.environment.cache_clear()
+    try:
+        why = KvmBackend().skip_reason(guarantees()["MP-04"])
+        assert why is not None and "no permission to open /dev/kvm" in why
+    finally:
+        monkeypatch.undo()
+        probe.environment.cache_clear()
+    if REASON is None:
+        # A kernel without KVM_CAP_SIGNAL_MSI: the specs that inject a wake-up say so.
+        monkeypatch.setattr(probe, "environment", lambda: (None, frozenset()))
+        why = KvmBackend().skip_reason(guarantees()["MP-03.a"])
+        assert why == "the kernel lacks KVM_CAP_SIGNAL_MSI, KVM_CAP_IRQCHIP"
+        assert KvmBackend().skip_reason(guarantees()["MP-03.b"]) is None
