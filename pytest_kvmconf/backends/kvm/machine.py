@@ -41,6 +41,8 @@ Steps = Generator[Point | Wait, None, Any]
 SETTLE = 0.05
 #: Once the guest program has run, KVM_RUN that has not returned after this long is blocked.
 SETTLE_RAN = 0.005
+#: How long the vCPU thread may take to pick up a KVM_RUN job.
+ENTER_TIMEOUT = 2.0
 #: How long a kick may take to bring a vCPU out of KVM_RUN.
 GRACE = 0.25
 
@@ -200,14 +202,12 @@ class KvmMachine:
         v = self.vm.vcpus[vcpu]
         before = self.vm.progress()
         ticket = v.start_run()
-        self._settle(ticket, before)
+        self._settle(v, ticket, before)
+        self.settled[vcpu] += 1
+        self._notify()
         if not ticket.done.is_set():
-            self.settled[vcpu] += 1
-            self._notify()
             yield Wait(f"in KVM_RUN #{ticket.nth} (the guest runs or the vCPU waits)",
                        ticket.done.is_set, idle=True)
-        else:
-            self.settled[vcpu] += 1
         r = ticket.result
         assert r is not None
         shown = "-EINTR" if r.ret == -4 else r.ret
@@ -215,7 +215,13 @@ class KvmMachine:
         return {"ret": r.ret, "exit_reason": r.exit_reason, "system_event": r.system_event, "port": r.port}
 
     # -- bounded real-time waits ----------------------------------------------------
-    def _settle(self, ticket: RunTicket, progress_before: int) -> None:
+    def _settle(self, v: Any, ticket: RunTicket, progress_before: int) -> None:
+        # First until the vCPU thread has taken the job (a busy host may be slow to run it),
+        # then the settle time proper.
+        deadline = time.monotonic() + ENTER_TIMEOUT
+        while v.entries < ticket.nth and not ticket.done.wait(0.0005):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"vcpu{v.index}: its thread did not start KVM_RUN within {ENTER_TIMEOUT} s")
         deadline = time.monotonic() + SETTLE
         while not ticket.done.wait(SETTLE_RAN):
             if time.monotonic() >= deadline:
