@@ -75,7 +75,7 @@ class GuaranteeItem(pytest.Item):
         exc = excinfo.value
         if isinstance(exc, ViolationFound):
             cmd = replay_command(exc.outcome, run.base_args, run.backend_name, run.invocation_dir)
-            return violation_report(exc.outcome, run.doc_version, cmd)
+            return violation_report(exc.outcome, run.doc_version, cmd, free=run.free)
         if isinstance(exc, NothingReached):
             g = exc.guarantee
             return (f"{g.id} not shown: {g.title}\n  \"{g.quote}\"\n\n{exc}\n"

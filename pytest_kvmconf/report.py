@@ -92,7 +92,7 @@ def replay_command(outcome: Outcome, base_args: Sequence[str], backend: str, inv
     return f"cd {shlex.quote(invocation_dir)} && " + " ".join(shlex.quote(a) for a in args)
 
 
-def violation_report(outcome: Outcome, doc_version: str, replay: str) -> str:
+def violation_report(outcome: Outcome, doc_version: str, replay: str, free: bool = False) -> str:
     g, v = outcome.guarantee, outcome.violation
     assert v is not None
     out = [
@@ -125,6 +125,10 @@ def violation_report(outcome: Outcome, doc_version: str, replay: str) -> str:
     out.append("final state:")
     out.append(format_state(outcome.final_state, doc_version))
     out.append("")
-    out.append("replay exactly this schedule:")
+    if free:
+        out.append("replay (free mode: the threads ran preemptively, so this re-runs the schedule with")
+        out.append("the same delay seed, which need not meet the same race; the timeline is what was seen):")
+    else:
+        out.append("replay exactly this schedule:")
     out.append(f"  {replay}")
     return "\n".join(out)

@@ -14,6 +14,10 @@ from ..strategies import schedule_strategy
 from .runner import Outcome, RunOptions, run_schedule
 from .schedule import Schedule
 
+#: Free mode runs each example's threads this many times: races the points do not model need
+#: repetition to show.
+FREE_ITERATIONS = 3
+
 
 class ViolationFound(AssertionError):
     """A schedule broke the guarantee; carries the (shrunk) outcome."""
@@ -48,12 +52,23 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
     stats = Stats()
     last: list[Outcome] = []
 
+    # Some failures must not go through hypothesis' replay-and-shrink: a free (preemptive) run
+    # need not fail twice, and every shrink step of a hang waits the whole point timeout. Those
+    # are kept here, the remaining examples are skipped, and the failure is raised afterwards.
+    kept: list[Outcome] = []
+
     def check(schedule: Schedule) -> None:
+        if kept:
+            return
         stats.examples += 1
-        outcome = run_schedule(g, backend, schedule, options)
-        if outcome.violation is not None:
-            raise ViolationFound(outcome)
-        stats.reached |= outcome.reached
+        for _ in range(FREE_ITERATIONS if options.free else 1):
+            outcome = run_schedule(g, backend, schedule, options)
+            if outcome.violation is not None:
+                if options.free or outcome.violation.kind == "hang":
+                    kept.append(outcome)
+                    return
+                raise ViolationFound(outcome)
+            stats.reached |= outcome.reached
         if not last:
             last.append(outcome)
         else:
@@ -73,6 +88,8 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
     start = time.perf_counter()
     try:
         test()
+        if kept:
+            raise ViolationFound(kept[0])
         if g.has_exists:
             wanted = {i for i, c in enumerate(g.checks) if c.kind == "exists"}
             if not wanted <= stats.reached:

@@ -86,13 +86,15 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
     handles: list[Handle] = []
     try:
         fmt = _Formats(options.doc_version)
+        # step.before costs an observe() per operation: only when a check reads `step`.
+        capture = any("step" in c.expr.names or (c.when is not None and "step" in c.when.names)
+                      for c in g.checks if c.kind == "always")
         if getattr(machine, "execution", "generator") == "threads":
             from .threads import thread_handles
 
-            handles = thread_handles(machine, plans, fmt.call, fmt.result, options)
+            handles = thread_handles(machine, plans, fmt.call, fmt.result, options,
+                                     capture_before=capture, schedule=schedule)
         else:
-            capture = any("step" in c.expr.names or (c.when is not None and "step" in c.when.names)
-                          for c in g.checks if c.kind == "always")
             handles = [GeneratorHandle(machine, p, fmt.call, fmt.result, capture) for p in plans]
         _Scheduler(g, machine, handles, schedule, outcome, env, bindings).run()
     finally:
