@@ -164,3 +164,21 @@ def test_permission_and_missing_capability_reasons(monkeypatch: pytest.MonkeyPat
         why = KvmBackend().skip_reason(guarantees()["MP-03.a"])
         assert why == "the kernel lacks KVM_CAP_SIGNAL_MSI, KVM_CAP_IRQCHIP"
         assert KvmBackend().skip_reason(guarantees()["MP-03.b"]) is None
+
+
+def test_uapi_layouts_and_numbers_match_the_kernel_abi() -> None:
+    """Sizes and offsets of the x86_64 ABI, and ioctl numbers as strace prints them."""
+    import ctypes
+
+    from pytest_kvmconf.backends.kvm import uapi
+
+    sizes = {uapi.kvm_regs: 144, uapi.kvm_sregs: 312, uapi.kvm_msi: 32, uapi.kvm_enable_cap: 104,
+             uapi.kvm_userspace_memory_region: 32, uapi.kvm_lapic_state: 1024, uapi.kvm_mp_state: 4,
+             uapi.kvm_irq_level: 8, uapi.kvm_run_exit: 256}
+    assert {s.__name__: ctypes.sizeof(s) for s in sizes} == {s.__name__: n for s, n in sizes.items()}
+    assert uapi.kvm_run.immediate_exit.offset == 1 and uapi.kvm_run.exit_reason.offset == 8
+    assert uapi.kvm_run.exit.offset == 32
+    assert (uapi.KVM_RUN, uapi.KVM_GET_MP_STATE, uapi.KVM_SET_MP_STATE, uapi.KVM_SIGNAL_MSI) == \
+        (0xAE80, 0x8004AE98, 0x4004AE99, 0x4020AEA5)
+    assert (uapi.KVM_SET_USER_MEMORY_REGION, uapi.KVM_GET_REGS, uapi.KVM_GET_SREGS, uapi.KVM_ENABLE_CAP) == \
+        (0x4020AE46, 0x8090AE81, 0x8138AE83, 0x4068AEA3)
