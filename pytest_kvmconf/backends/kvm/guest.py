@@ -1,8 +1,10 @@
 """The tiny x86 real-mode guests the kvm backend runs (a few hand-assembled bytes).
 
-Guest RAM is 64 KiB at guest physical address 0, code at 0x1000, CS = DS = SS = 0.
+Guest RAM is 64 KiB at guest physical address 0, code at 0x1000, CS = SS = 0.
 Every program first sets a "started" byte, then loops counting a 32-bit word in
-memory, so the host can tell whether (and roughly how much) guest code ran:
+memory, so the host can tell whether (and roughly how much) guest code ran. The
+counter is DS:0x500 and vCPU i runs with DS = i (base 16 * i), so each vCPU
+counts in its own 16 bytes:
 
 * ``busy``: count forever; KVM_RUN only returns when something interrupts it.
 * ``hlt``:  count, HLT, repeat.
@@ -60,9 +62,15 @@ def load(ram: int, program: str) -> None:
     ctypes.c_uint16.from_address(ram + IVT_NMI + 2).value = 0
 
 
-def progress(ram: int) -> int:
-    """How much guest code ran: the loop counter, at least 1 once the program started
-    (the 32-bit counter of a busy guest may wrap)."""
-    count = ctypes.c_uint32.from_address(ram + COUNTER).value
-    started = ctypes.c_uint8.from_address(ram + STARTED).value
+def data_segment(vcpu: int) -> int:
+    """The real-mode DS selector of vCPU ``vcpu``: its counters live at 16 * vcpu + 0x500."""
+    return vcpu
+
+
+def progress(ram: int, vcpu: int) -> int:
+    """How much guest code vCPU ``vcpu`` ran: its loop counter, at least 1 once its program
+    started (the 32-bit counter of a busy guest may wrap)."""
+    base = ram + 16 * data_segment(vcpu)
+    count = ctypes.c_uint32.from_address(base + COUNTER).value
+    started = ctypes.c_uint8.from_address(base + STARTED).value
     return count or started

@@ -110,8 +110,7 @@ class KvmMachine:
                 "exit_reason": run.exit_reason if run is not None else None,
                 "immediate_exit": run.immediate_exit if run is not None else None,
                 "signals": self.signals[i], "wakeups": self.wakeups[i],
-                # One guest RAM for all vCPUs: what the guest program counted, whoever ran it.
-                "guest_progress": self.vm.progress(),
+                "guest_progress": self.vm.progress(i),
             })
         return {"mp": vcpus, "mp_vm": {"arch": "x86_64", "irqchip": self.irqchip, "program": self.program,
                                        "system_suspend": self.suspend_enabled}}
@@ -200,7 +199,7 @@ class KvmMachine:
 
     def op_kvm_run(self, vcpu: int) -> Steps:
         v = self.vm.vcpus[vcpu]
-        before = self.vm.progress()
+        before = self.vm.progress(vcpu)
         ticket = v.start_run()
         self._settle(v, ticket, before)
         self.settled[vcpu] += 1
@@ -226,7 +225,7 @@ class KvmMachine:
         while not ticket.done.wait(SETTLE_RAN):
             if time.monotonic() >= deadline:
                 return
-            if self.vm.progress() != progress_before:
+            if self.vm.progress(v.index) != progress_before:
                 ticket.done.wait(SETTLE_RAN)  # the guest runs: give it a moment to halt or exit
                 return
 

@@ -131,8 +131,10 @@ class Vcpu:
         self.run = uapi.kvm_run.from_address(self.run_addr)
         sregs = uapi.kvm_sregs()
         uapi.ioctl(self.fd, uapi.KVM_GET_SREGS, sregs, "KVM_GET_SREGS")
-        for seg in (sregs.cs, sregs.ds, sregs.es, sregs.ss):
+        for seg in (sregs.cs, sregs.es, sregs.ss):
             seg.base, seg.selector = 0, 0
+        sregs.ds.selector = guest.data_segment(self.index)
+        sregs.ds.base = 16 * sregs.ds.selector  # real mode: base = selector * 16
         uapi.ioctl(self.fd, uapi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
         regs = uapi.kvm_regs(rip=guest.CODE, rsp=guest.STACK_TOP, rflags=2)
         uapi.ioctl(self.fd, uapi.KVM_SET_REGS, regs, "KVM_SET_REGS")
@@ -246,8 +248,8 @@ class Vm:
         """A VM ioctl (from any thread): its return value, or -errno."""
         return _errno_of(lambda: uapi.ioctl(self.fd, request, arg, name))
 
-    def progress(self) -> int:
-        return guest.progress(self.ram) if self.ram else 0
+    def progress(self, vcpu: int) -> int:
+        return guest.progress(self.ram, vcpu) if self.ram else 0
 
     def close(self) -> None:
         """Release everything; safe to call twice and after a failed __init__."""
