@@ -9,11 +9,7 @@ composes them; broken variants in tests/ subclass it and override one rule.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from ...backend import MachineConfig, ThreadContext
-from ...spec.versions import KNOWN_VERSIONS, VersionRange
+from ..compose import FacetBackend, FacetMachine
 from .attr import AttrModel
 from .locking import LockingModel
 from .mp import MpModel
@@ -27,51 +23,15 @@ CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequen
                           "mp", "system_events"})
 
 
-class _Machine:
-    execution = "generator"
-
-    def __init__(self, config: MachineConfig):
-        self.config = config
-        for name in _hooks(type(self), "init_"):
-            getattr(self, name)(config)
-
-    def run_op(self, ctx: ThreadContext, op: str, args: Mapping[str, Any]) -> Any:
-        method = getattr(self, op, None)
-        if method is None or op.startswith(("_", "init_", "observe_")):
-            raise NotImplementedError(f"the reference model has no operation {op!r}")
-        return method(ctx, **args)
-
-    def observe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in _hooks(type(self), "observe_"):
-            out.update(getattr(self, name)())
-        return out
-
-    def close(self) -> None:
-        pass
-
-
-_HOOKS: dict[tuple[type, str], tuple[str, ...]] = {}
-
-
-def _hooks(cls: type, prefix: str) -> tuple[str, ...]:
-    key = (cls, prefix)
-    if key not in _HOOKS:
-        _HOOKS[key] = tuple(sorted(n for n in dir(cls) if n.startswith(prefix)))
-    return _HOOKS[key]
-
-
-class ReferenceMachine(_Machine, *MIXINS):  # type: ignore[misc]
+class ReferenceMachine(FacetMachine, *MIXINS):  # type: ignore[misc]
     """All facets of the reference model in one machine."""
 
+    execution = "generator"
+    backend_label = "the reference model"
 
-class ReferenceBackend:
+
+class ReferenceBackend(FacetBackend):
     name = "reference"
     description = "the executable model of the KVM documents (generator scheduling points)"
     capabilities = CAPABILITIES
-    archs = frozenset({"x86_64", "arm64", "riscv"})
-    doc_versions = VersionRange(KNOWN_VERSIONS[0])
     machine_class: type = ReferenceMachine
-
-    def new_machine(self, config: MachineConfig) -> Any:
-        return self.machine_class(config)

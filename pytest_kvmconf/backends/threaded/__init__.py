@@ -15,11 +15,7 @@ it and override one method.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from ...backend import MachineConfig, ThreadContext
-from ...spec.versions import KNOWN_VERSIONS, VersionRange
+from ..compose import FacetBackend, FacetMachine
 from .attr import AttrThreads
 from .locking import LockingThreads
 from .requests import RequestsThreads
@@ -31,53 +27,15 @@ MIXINS: tuple[type, ...] = (RequestsThreads, SpteThreads, AttrThreads, LockingTh
 CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "spte", "attr", "locking"})
 
 
-class _Machine:
-    execution = "threads"
-
-    def __init__(self, config: MachineConfig):
-        self.config = config
-        for name in _hooks(type(self), "init_"):
-            getattr(self, name)(config)
-
-    def run_op(self, ctx: ThreadContext, op: str, args: Mapping[str, Any]) -> Any:
-        """Runs on the spec thread's own OS thread; returns the operation's result."""
-        method = getattr(self, op, None)
-        if method is None or op.startswith(("_", "init_", "observe_")):
-            raise NotImplementedError(f"the threaded backend has no operation {op!r}")
-        return method(ctx, **args)
-
-    def observe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in _hooks(type(self), "observe_"):
-            out.update(getattr(self, name)())
-        return out
-
-    def close(self) -> None:
-        # Nothing to release: the engine stops the threads, the rest is garbage.
-        pass
-
-
-_HOOKS: dict[tuple[type, str], tuple[str, ...]] = {}
-
-
-def _hooks(cls: type, prefix: str) -> tuple[str, ...]:
-    key = (cls, prefix)
-    if key not in _HOOKS:
-        _HOOKS[key] = tuple(sorted(n for n in dir(cls) if n.startswith(prefix)))
-    return _HOOKS[key]
-
-
-class ThreadedMachine(_Machine, *MIXINS):  # type: ignore[misc]
+class ThreadedMachine(FacetMachine, *MIXINS):  # type: ignore[misc]
     """All facets of the threaded backend in one machine."""
 
+    execution = "threads"
+    backend_label = "the threaded backend"
 
-class ThreadedBackend:
+
+class ThreadedBackend(FacetBackend):
     name = "threaded"
     description = "vCPU threads, requesters and IPIs as real OS threads with real locks and wait queues"
     capabilities = CAPABILITIES
-    archs = frozenset({"x86_64", "arm64", "riscv"})
-    doc_versions = VersionRange(KNOWN_VERSIONS[0])
     machine_class: type = ThreadedMachine
-
-    def new_machine(self, config: MachineConfig) -> Any:
-        return self.machine_class(config)
