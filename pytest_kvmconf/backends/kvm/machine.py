@@ -14,9 +14,10 @@ vCPU with no interrupt coming, a busy guest). Because the kernel is not under
 the engine's control, two bounded real-time waits stand in for "at once" and
 "never":
 
-* :data:`SETTLE`: after starting KVM_RUN the operation gives the vCPU this long
-  to return by itself (or, once the guest has run, a shorter moment) before it
-  counts as blocked in the kernel;
+* settling: after starting KVM_RUN the operation waits until it returns, or the
+  vCPU sleeps in the kernel (KVM's "blocking" vCPU statistic), or the guest has
+  kept running for :data:`SETTLE_RAN`, or :data:`SETTLE` at the most (kernels
+  without binary statistics); then the vCPU counts as inside KVM_RUN for good;
 * :data:`GRACE`: a signal or wake-up sent to a vCPU inside KVM_RUN is given this
   long to make KVM_RUN return before the kicker goes on; a KVM_RUN still running
   then counts as not interrupted (a lost kick, in MP-04's terms).
@@ -39,7 +40,7 @@ Steps = Generator[Point | Wait, None, Any]
 
 #: Longest wait for KVM_RUN to return by itself before it counts as blocked.
 SETTLE = 0.05
-#: Once the guest program has run, KVM_RUN that has not returned after this long is blocked.
+#: A guest that has kept counting this long without halting or exiting is running for good.
 SETTLE_RAN = 0.005
 #: How long the vCPU thread may take to pick up a KVM_RUN job.
 ENTER_TIMEOUT = 2.0
@@ -215,19 +216,24 @@ class KvmMachine:
 
     # -- bounded real-time waits ----------------------------------------------------
     def _settle(self, v: Any, ticket: RunTicket, progress_before: int) -> None:
-        # First until the vCPU thread has taken the job (a busy host may be slow to run it),
-        # then the settle time proper.
+        """Return once KVM_RUN has returned, or sleeps in the kernel (KVM's "blocking"
+        statistic), or runs a guest that keeps counting, or after SETTLE at the most."""
+        # First until the vCPU thread has taken the job (a busy host may be slow to run it).
         deadline = time.monotonic() + ENTER_TIMEOUT
         while v.entries < ticket.nth and not ticket.done.wait(0.0005):
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"vcpu{v.index}: its thread did not start KVM_RUN within {ENTER_TIMEOUT} s")
-        deadline = time.monotonic() + SETTLE
-        while not ticket.done.wait(SETTLE_RAN):
-            if time.monotonic() >= deadline:
+        start = time.monotonic()
+        ran_since: float | None = None
+        while not ticket.done.wait(0.0005):
+            now = time.monotonic()
+            if now - start >= SETTLE or v.blocking():
                 return
             if self.vm.progress(v.index) != progress_before:
-                ticket.done.wait(SETTLE_RAN)  # the guest runs: give it a moment to halt or exit
-                return
+                if ran_since is None:
+                    ran_since = now
+                elif now - ran_since >= SETTLE_RAN:
+                    return  # the guest has run for a while without halting or exiting
 
     def _grace(self, v: Any, runs_before: int) -> None:
         deadline = time.monotonic() + GRACE

@@ -344,3 +344,27 @@ KVM_SET_LAPIC = _IOW(KVMIO, 0x8F, kvm_lapic_state)
 # architecture; arch/x86/include/asm/apicdef.h APIC_SPIV, APIC_SPIV_APIC_ENABLED).
 APIC_SPIV = 0xF0
 APIC_SPIV_APIC_ENABLED = 1 << 8
+
+
+# -- include/uapi/linux/kvm.h: binary statistics (KVM_CAP_BINARY_STATS_FD) ---------
+KVM_CAP_BINARY_STATS_FD = 203
+KVM_GET_STATS_FD = _IO(KVMIO, 0xCE)
+
+
+class kvm_stats_header(ctypes.Structure):  # noqa: N801
+    """include/uapi/linux/kvm.h: struct kvm_stats_header."""
+
+    _fields_ = [(n, ctypes.c_uint32) for n in
+                ("flags", "name_size", "num_desc", "id_offset", "desc_offset", "data_offset")]
+
+
+class kvm_stats_desc(ctypes.Structure):  # noqa: N801
+    """include/uapi/linux/kvm.h: struct kvm_stats_desc, without its trailing name[name_size]."""
+
+    _fields_ = [
+        ("flags", ctypes.c_uint32),
+        ("exponent", ctypes.c_int16),
+        ("size", ctypes.c_uint16),
+        ("offset", ctypes.c_uint32),
+        ("bucket_size", ctypes.c_uint32),
+    ]

@@ -11,6 +11,7 @@ back by :meth:`Vm.close`, which first kicks a vCPU thread out of KVM_RUN.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import signal
@@ -98,6 +99,8 @@ class Vcpu:
         self.entries = 0  # KVM_RUN calls started by the thread
         self.runs = 0  # KVM_RUN calls returned
         self.in_run = False
+        self.stats_fd = -1
+        self._blocking_at = -1  # file offset of the vCPU's "blocking" statistic, if the kernel has it
         self._jobs: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -138,12 +141,38 @@ class Vcpu:
         uapi.ioctl(self.fd, uapi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
         regs = uapi.kvm_regs(rip=guest.CODE, rsp=guest.STACK_TOP, rflags=2)
         uapi.ioctl(self.fd, uapi.KVM_SET_REGS, regs, "KVM_SET_REGS")
+        self._open_stats()
         if vm.irqchip:
             # Software-enable the in-kernel LAPIC: a disabled one accepts no MSI, NMIs included.
             lapic = uapi.kvm_lapic_state()
             uapi.ioctl(self.fd, uapi.KVM_GET_LAPIC, lapic, "KVM_GET_LAPIC")
             lapic.regs[uapi.APIC_SPIV + 1] |= uapi.APIC_SPIV_APIC_ENABLED >> 8
             uapi.ioctl(self.fd, uapi.KVM_SET_LAPIC, lapic, "KVM_SET_LAPIC")
+
+    def _open_stats(self) -> None:
+        """The vCPU's binary statistics, for "blocking": 1 while it sleeps in kvm_vcpu_block
+        (halted, or waiting for INIT/SIPI). Without them, settling falls back to time alone."""
+        try:
+            self.stats_fd = uapi.ioctl(self.fd, uapi.KVM_GET_STATS_FD, 0, "KVM_GET_STATS_FD")
+        except uapi.KvmError:
+            return
+        raw = os.pread(self.stats_fd, ctypes.sizeof(uapi.kvm_stats_header), 0)
+        header = uapi.kvm_stats_header.from_buffer_copy(raw)
+        size = ctypes.sizeof(uapi.kvm_stats_desc) + header.name_size
+        table = os.pread(self.stats_fd, size * header.num_desc, header.desc_offset)
+        for i in range(header.num_desc):
+            entry = table[i * size:(i + 1) * size]
+            desc = uapi.kvm_stats_desc.from_buffer_copy(entry)
+            name = entry[ctypes.sizeof(uapi.kvm_stats_desc):].split(b"\0")[0]
+            if name == b"blocking" and desc.size == 1:
+                self._blocking_at = header.data_offset + desc.offset
+                return
+
+    def blocking(self) -> bool | None:
+        """Is the vCPU asleep in the kernel (KVM's "blocking" statistic)? None if unknown."""
+        if self._blocking_at < 0 or self.stats_fd < 0:
+            return None
+        return int.from_bytes(os.pread(self.stats_fd, 8, self._blocking_at), "little") != 0
 
     def _run(self, ticket: RunTicket) -> None:
         run = self.run
@@ -212,6 +241,9 @@ class Vcpu:
             self.run = None
             uapi.unmap_memory(self.run_addr, self.vm.run_size)
             self.run_addr = 0
+        if self.stats_fd >= 0:
+            os.close(self.stats_fd)
+            self.stats_fd = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
