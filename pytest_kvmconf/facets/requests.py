@@ -7,6 +7,8 @@ KVM_REQUEST_WAIT, bit 10 KVM_REQUEST_NO_ACTION.
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import Arg, Facet, register
 
 KVM_REQUEST_MASK = 0xFF
@@ -91,6 +93,40 @@ def request_name(req: int, doc_version: str = "6.18") -> str:
     flags = [f for f, b in (("NO_WAKEUP", KVM_REQUEST_NO_WAKEUP), ("WAIT", KVM_REQUEST_WAIT),
                             ("NO_ACTION", KVM_REQUEST_NO_ACTION)) if req & b]
     return f"req {req & KVM_REQUEST_MASK}" + (f"|{'|'.join(flags)}" if flags else "")
+
+
+def vcpu_view(v: Any, requests: int, mode: int) -> dict[str, Any]:
+    """One vCPU's observables (``vcpus[i]`` in conditions), the same for every backend.
+
+    ``v`` carries the per-vCPU counters and flags under the names below; ``requests`` (the
+    bitmap) and ``mode`` are passed in because backends keep them in different primitives."""
+    return {
+        "id": v.id,
+        "requests": frozenset(i for i in range(requests.bit_length()) if requests >> i & 1),
+        "request_state": dict(v.request_state),
+        "mode": mode,
+        "irqs_disabled": v.irqs_disabled,
+        "in_guest": v.in_guest,
+        "entries": v.entries,
+        "exits": v.exits,
+        "aborts": v.aborts,
+        "handled": tuple(v.handled),
+        "ipis": v.ipis,
+        "ipi_pending": v.ipis_pending > 0,
+        "acks": v.acks,
+        "stay_ipis": v.stay_ipis,
+        "kicks": tuple(v.kicks),
+        "sleeping": v.sleeping,
+        "asleep": v.in_schedule and not v.woken,
+        "wakeups": v.wakeups,
+        "runnable": v.runnable,
+        "signal_pending": v.signal_pending,
+        "block_result": v.block_result,
+        "tlb_gen": v.tlb_gen,
+        "pir": frozenset(v.pir),
+        "pir_on": v.pir_on,
+        "irr": frozenset(v.irr),
+    }
 
 
 requests = register(Facet(

@@ -30,6 +30,7 @@ from ...facets.requests import (
     READING_SHADOW_PAGE_TABLES,
     is_old_text,
     request_name,
+    vcpu_view,
 )
 from ...scheduling import Point, Wait
 
@@ -68,34 +69,7 @@ class VCpu:
     irr: set[int] = field(default_factory=set)
 
     def view(self) -> dict[str, Any]:
-        bits = self.requests
-        return {
-            "id": self.id,
-            "requests": frozenset(i for i in range(64) if bits >> i & 1),
-            "request_state": dict(self.request_state),
-            "mode": self.mode,
-            "irqs_disabled": self.irqs_disabled,
-            "in_guest": self.in_guest,
-            "entries": self.entries,
-            "exits": self.exits,
-            "aborts": self.aborts,
-            "handled": tuple(self.handled),
-            "ipis": self.ipis,
-            "ipi_pending": self.ipis_pending > 0,
-            "acks": self.acks,
-            "stay_ipis": self.stay_ipis,
-            "kicks": tuple(self.kicks),
-            "sleeping": self.sleeping,
-            "asleep": self.in_schedule and not self.woken,
-            "wakeups": self.wakeups,
-            "runnable": self.runnable,
-            "signal_pending": self.signal_pending,
-            "block_result": self.block_result,
-            "tlb_gen": self.tlb_gen,
-            "pir": frozenset(self.pir),
-            "pir_on": self.pir_on,
-            "irr": frozenset(self.irr),
-        }
+        return vcpu_view(self, self.requests, self.mode)
 
 
 class RequestsModel:

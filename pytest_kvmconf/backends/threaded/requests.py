@@ -38,6 +38,7 @@ from ...facets.requests import (
     READING_SHADOW_PAGE_TABLES,
     is_old_text,
     request_name,
+    vcpu_view,
 )
 from ...scheduling import point
 from .atomics import AtomicBitmap, AtomicInt
@@ -96,34 +97,7 @@ class VCpu:
     def view(self) -> dict[str, Any]:
         """The observable state. Read without locks: the engine only observes while
         every thread is at a scheduling point, where no update is half done."""
-        bits = self.requests.read()
-        return {
-            "id": self.id,
-            "requests": frozenset(i for i in range(bits.bit_length()) if bits >> i & 1),
-            "request_state": dict(self.request_state),
-            "mode": self.mode.read(),
-            "irqs_disabled": self.irqs_disabled,
-            "in_guest": self.in_guest,
-            "entries": self.entries,
-            "exits": self.exits,
-            "aborts": self.aborts,
-            "handled": tuple(self.handled),
-            "ipis": self.ipis,
-            "ipi_pending": self.ipis_pending > 0,
-            "acks": self.acks,
-            "stay_ipis": self.stay_ipis,
-            "kicks": tuple(self.kicks),
-            "sleeping": self.sleeping,
-            "asleep": self.in_schedule and not self.woken,
-            "wakeups": self.wakeups,
-            "runnable": self.runnable,
-            "signal_pending": self.signal_pending,
-            "block_result": self.block_result,
-            "tlb_gen": self.tlb_gen,
-            "pir": frozenset(self.pir),
-            "pir_on": self.pir_on,
-            "irr": frozenset(self.irr),
-        }
+        return vcpu_view(self, self.requests.read(), self.mode.read())
 
 
 class RequestsThreads:
