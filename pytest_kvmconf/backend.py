@@ -37,6 +37,9 @@ class MachineConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: The free mode of threaded backends asks for real, preemptive runs.
     free: bool = False
+    #: The capabilities the guarantee uses: a backend may leave the rest of its state out of
+    #: observe() (empty: observe everything).
+    needs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

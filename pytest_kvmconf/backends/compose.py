@@ -32,14 +32,24 @@ class FacetMachine:
         return method(ctx, **args)
 
     def observe(self) -> dict[str, Any]:
+        # Observing is the engine's hottest call: only the facets the guarantee uses.
         out: dict[str, Any] = {}
+        needs = self.config.needs
         for name in _hooks(type(self), "observe_"):
+            if needs and needs.isdisjoint(OBSERVED_BY.get(name, (name[len("observe_"):],))):
+                continue
             out.update(getattr(self, name)())
         return out
 
     def close(self) -> None:
         pass
 
+
+#: observe_<name> methods that serve several capabilities (the default: the one named <name>).
+OBSERVED_BY: dict[str, tuple[str, ...]] = {
+    "observe_requests": ("requests", "kick", "run_loop", "block", "entry_sequence"),
+    "observe_mp": ("mp", "system_events"),
+}
 
 _HOOKS: dict[tuple[type, str], tuple[str, ...]] = {}
 

@@ -79,7 +79,7 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
                 bindings[s.bind] = None
     machine_options = {k: (v.evaluate(env) if isinstance(v, Expr) else v) for k, v in g.machine}
     config = MachineConfig(nr_vcpus, default_arch(backend, g.arch), options.doc_version,
-                           machine_options, options.free)
+                           machine_options, options.free, g.needs)
     plans = make_plans(g, schedule, nr_vcpus, env, bindings)
     outcome = Outcome(g, schedule, params, [p.name for p in plans], [], None)
     machine = backend.new_machine(config)

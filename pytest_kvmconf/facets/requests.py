@@ -7,6 +7,7 @@ KVM_REQUEST_WAIT, bit 10 KVM_REQUEST_NO_ACTION.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from . import Arg, Facet, register
@@ -59,6 +60,7 @@ ARCH_REQUESTS = {
 OLD_TEXT = ("4.13",)
 
 
+@cache
 def is_old_text(doc_version: str) -> bool:
     """vcpu-requests.rst changed its request list after the 4.13 text."""
     from ..spec.versions import parse_version
