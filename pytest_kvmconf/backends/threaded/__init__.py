@@ -18,13 +18,15 @@ from __future__ import annotations
 from ..compose import FacetBackend, FacetMachine
 from .attr import AttrThreads
 from .locking import LockingThreads
+from .mp import MpThreads
 from .requests import RequestsThreads
 from .spte import SpteThreads
 
 #: Facet mixins, in method resolution order. Add a facet here and its
 #: capabilities to CAPABILITIES.
-MIXINS: tuple[type, ...] = (RequestsThreads, SpteThreads, AttrThreads, LockingThreads)
-CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "spte", "attr", "locking"})
+MIXINS: tuple[type, ...] = (RequestsThreads, SpteThreads, AttrThreads, LockingThreads, MpThreads)
+CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "spte", "attr", "locking",
+                          "mp", "system_events"})
 
 
 class ThreadedMachine(FacetMachine, *MIXINS):  # type: ignore[misc]
