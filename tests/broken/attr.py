@@ -12,6 +12,8 @@ from pytest_kvmconf.backends.reference.attr import ArmVcpu
 from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
 from pytest_kvmconf.facets.attr import EBUSY, EINVAL, ENODEV, ENXIO, KVM_ARM_VCPU_PMU_V3_IRQ, is_ppi, is_spi
 
+from . import running
+
 
 class PmuIrqSetTwiceAccepted(ReferenceMachine):
     """A vCPU's PMU interrupt can be set again: the last value wins."""
@@ -182,15 +184,7 @@ class ThreadedSpiSharedByTwoVcpus(ThreadedMachine):
 
 
 def backend(machine: type) -> ReferenceBackend | ThreadedBackend:
-    if issubclass(machine, ThreadedMachine):
-        t = ThreadedBackend()
-        t.name = f"broken-{machine.__name__}"
-        t.machine_class = machine
-        return t
-    b = ReferenceBackend()
-    b.name = f"broken-{machine.__name__}"
-    b.machine_class = machine
-    return b
+    return running(machine, f"broken-{machine.__name__}")
 
 
 #: broken machine -> the guarantee that must catch it.

@@ -17,6 +17,8 @@ from pytest_kvmconf.backends.reference.locking import locking_op
 from pytest_kvmconf.engine.lockdep import READ, WRITE
 from pytest_kvmconf.scheduling import Point
 
+from . import running
+
 #: variant name -> (overrides mixin, guarantee ids that must catch it, document version, what is broken)
 VARIANTS: dict[str, tuple[type, tuple[str, ...], str, str]] = {}
 
@@ -38,9 +40,7 @@ def machine_class(name: str, base: type = ReferenceMachine) -> type:
 def backend(name: str, base: Any = None) -> Any:
     """A backend (the reference one unless ``base`` is given) running the named broken machine."""
     b = base if base is not None else ReferenceBackend()
-    b.name = f"broken:{name}"
-    b.machine_class = machine_class(name, b.machine_class)
-    return b
+    return running(machine_class(name, b.machine_class), f"broken:{name}", b)
 
 
 @variant("LOCK-01", doc="KVM_CREATE_IRQCHIP sets up the routing (irq_lock) before registering devices (slots_lock)")

@@ -25,6 +25,8 @@ from pytest_kvmconf.facets.mp import (
 )
 from pytest_kvmconf.scheduling import Point
 
+from . import running
+
 EIO = 5
 
 
@@ -244,10 +246,7 @@ class SystemEventDestroysVcpu(ReferenceMachine):
 
 
 def backend(machine: type) -> ReferenceBackend:
-    b = ReferenceBackend()
-    b.name = f"broken-{machine.__name__}"
-    b.machine_class = machine
-    return b
+    return running(machine, f"broken-{machine.__name__}")
 
 
 #: broken machine -> (the guarantee that must catch it, the document text to check).

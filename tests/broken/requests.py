@@ -20,6 +20,8 @@ from pytest_kvmconf.facets.requests import (
 )
 from pytest_kvmconf.scheduling import Point, Wait
 
+from . import running
+
 #: variant name -> (machine class, guarantee ids that must catch it, what is broken)
 VARIANTS: dict[str, tuple[type, tuple[str, ...], str]] = {}
 
@@ -33,11 +35,7 @@ def variant(*gids: str, doc: str):
 
 def backend(name: str) -> ReferenceBackend:
     """A reference backend running the named broken machine."""
-    cls = VARIANTS[name][0]
-    b = ReferenceBackend()
-    b.name = f"broken:{name}"
-    b.machine_class = cls
-    return b
+    return running(VARIANTS[name][0], f"broken:{name}")
 
 
 @variant("REQ-01", doc="kvm_test_request tests the unmasked request, so flagged requests never test true")

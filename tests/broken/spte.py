@@ -15,6 +15,8 @@ from pytest_kvmconf.backends.reference.spte import ZERO, Spte
 from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
 from pytest_kvmconf.scheduling import Point, point
 
+from . import running
+
 
 class PlainStoreFastPath(ReferenceMachine):
     """The fast path writes its computed SPTE with a plain store instead of cmpxchg,
@@ -148,15 +150,7 @@ class ThreadedNonAtomicClearTrackBits(ThreadedMachine):
 
 
 def backend(machine: type) -> ReferenceBackend | ThreadedBackend:
-    if issubclass(machine, ThreadedMachine):
-        t = ThreadedBackend()
-        t.name = f"broken-{machine.__name__}"
-        t.machine_class = machine
-        return t
-    b = ReferenceBackend()
-    b.name = f"broken-{machine.__name__}"
-    b.machine_class = machine
-    return b
+    return running(machine, f"broken-{machine.__name__}")
 
 
 #: broken machine -> the guarantee that must catch it.

@@ -15,6 +15,8 @@ from pytest_kvmconf.engine.threads import wait_on
 from pytest_kvmconf.facets.requests import IN_GUEST_MODE, KVM_REQUEST_MASK, MODE_NAMES
 from pytest_kvmconf.scheduling import point
 
+from . import running
+
 #: variant name -> (machine class, guarantee ids that must catch it, what is broken)
 VARIANTS: dict[str, tuple[type, tuple[str, ...], str]] = {}
 #: variants only a free run can catch: name -> (machine class, what is broken)
@@ -31,10 +33,7 @@ def variant(*gids: str, doc: str):
 def backend(name: str) -> ThreadedBackend:
     """A threaded backend running the named broken machine."""
     cls = VARIANTS[name][0] if name in VARIANTS else FREE_ONLY[name][0]
-    b = ThreadedBackend()
-    b.name = f"broken-threaded:{name}"
-    b.machine_class = cls
-    return b
+    return running(cls, f"broken-threaded:{name}")
 
 
 @variant("REQ-15", "REQ-16", doc="no final kvm_request_pending() check: entry only aborts on EXITING_GUEST_MODE")

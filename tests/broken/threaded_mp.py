@@ -14,6 +14,8 @@ from pytest_kvmconf.backends.threaded.mp import Block, MpVcpu
 from pytest_kvmconf.facets.mp import KVM_MP_STATE_HALTED, mp_states
 from pytest_kvmconf.scheduling import point
 
+from . import running
+
 #: variant name -> (machine class, ((guarantee id, doc version), ...) that must catch it, what is broken)
 VARIANTS: dict[str, tuple[type, tuple[tuple[str, str], ...], str]] = {}
 #: variants only a free run can catch: name -> (machine class, guarantee id, what is broken)
@@ -30,10 +32,7 @@ def variant(*caught_by: tuple[str, str], doc: str):
 def backend(name: str) -> ThreadedBackend:
     """A threaded backend running the named broken machine."""
     cls = VARIANTS[name][0] if name in VARIANTS else FREE_ONLY[name][0]
-    b = ThreadedBackend()
-    b.name = f"broken-threaded-mp:{name}"
-    b.machine_class = cls
-    return b
+    return running(cls, f"broken-threaded-mp:{name}")
 
 
 @variant(("MP-03.a", "6.18"), ("MP-04.a", "6.18"), ("MP-03.a", "4.13"),
