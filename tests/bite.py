@@ -35,12 +35,13 @@ def applicable(g: Guarantee, backend: Backend, doc_version: str = NEWEST) -> boo
 
 
 def verdict(gid: str, backend: Backend, doc_version: str = NEWEST, seed: int = 0,
-            max_examples: int = BUDGET, **run_options) -> ViolationFound | NothingReached | None:
+            max_examples: int = BUDGET, shrink: bool = False,
+            **run_options) -> ViolationFound | NothingReached | None:
     g = guarantees()[gid]
-    # Being caught is the question here, not the minimal example: no shrinking (the plugin's own
-    # tests cover shrinking and the report).
-    base = settings(max_examples=max_examples, database=None, deadline=None,
-                    phases=[Phase.explicit, Phase.generate])
+    # Being caught is the usual question, not the minimal example: shrinking only when a test
+    # looks at the shrunk schedule.
+    phases = [Phase.explicit, Phase.generate, *([Phase.shrink] if shrink else [])]
+    base = settings(max_examples=max_examples, database=None, deadline=None, phases=phases)
     try:
         explore(g, backend, RunOptions(doc_version, **run_options), base, seed=seed)
     except (ViolationFound, NothingReached) as exc:

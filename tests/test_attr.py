@@ -6,13 +6,12 @@ Plus direct checks of the model's answers for the document's tables.
 from __future__ import annotations
 
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_kvmconf.backend import MachineConfig, ThreadContext
 from pytest_kvmconf.backends.reference import ReferenceBackend
 from pytest_kvmconf.backends.threaded import ThreadedBackend
-from pytest_kvmconf.engine.explore import NothingReached, ViolationFound, explore
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule
 from pytest_kvmconf.facets.attr import (
     EBUSY,
@@ -35,18 +34,6 @@ from .broken.attr import BROKEN, backend
 ATTR_IDS = sorted(g for g in guarantees() if g.startswith("ATTR-"))
 
 
-def caught(gid: str, b: ReferenceBackend) -> ViolationFound | NothingReached | None:
-    """bite.verdict's search (same seed and budget) without hypothesis' shrinking: being
-    caught within the budget is the claim, and shrinking a sequence of ioctls costs seconds."""
-    base = settings(max_examples=BUDGET, database=None, deadline=None,
-                    phases=[Phase.explicit, Phase.reuse, Phase.generate])
-    try:
-        explore(guarantees()[gid], b, RunOptions(NEWEST), base, seed=0)
-    except (ViolationFound, NothingReached) as exc:
-        return exc
-    return None
-
-
 def test_all_eleven_guarantees_have_specs_for_arm64() -> None:
     assert ATTR_IDS == [f"ATTR-{i:02d}" for i in range(1, 12)]
     assert all(guarantees()[g].arch == "arm64" for g in ATTR_IDS)
@@ -62,7 +49,7 @@ def test_reference_passes(gid: str) -> None:
 def test_broken_variant_is_caught(machine: type, gid: str) -> None:
     b = backend(machine)
     assert applicable(guarantees()[gid], b)
-    found = caught(gid, b)
+    found = verdict(gid, b)
     assert found is not None, f"{machine.__name__} was not caught by {gid} within {BUDGET} examples"
     assert found.outcome.guarantee.id == gid
 
@@ -78,7 +65,7 @@ def test_every_attr_guarantee_has_a_broken_variant() -> None:
 
 
 def test_a_broken_variant_is_also_caught_with_shrinking() -> None:
-    found = verdict("ATTR-09", backend(next(m for m in BROKEN if m.__name__ == "WrongDefaults")))
+    found = verdict("ATTR-09", backend(next(m for m in BROKEN if m.__name__ == "WrongDefaults")), shrink=True)
     assert found is not None and "27 and 30" in str(found)
 
 

@@ -4,12 +4,10 @@ spec names), and each broken variant of tests/broken/mp.py is caught within the 
 from __future__ import annotations
 
 import pytest
-from hypothesis import Phase, settings
 
 from pytest_kvmconf.backend import MachineConfig, ThreadContext
 from pytest_kvmconf.backends.reference import ReferenceBackend
-from pytest_kvmconf.engine.explore import NothingReached, ViolationFound, explore
-from pytest_kvmconf.engine.runner import RunOptions
+from pytest_kvmconf.engine.explore import ViolationFound
 from pytest_kvmconf.facets.mp import (
     KVM_MP_STATE_HALTED,
     KVM_MP_STATE_RUNNABLE,
@@ -23,18 +21,6 @@ from .broken.mp import BROKEN, backend
 
 MP_IDS = sorted(g for g in guarantees() if g.startswith("MP-"))
 VERSIONS = ("4.13", NEWEST)
-
-
-def caught(gid: str, b: ReferenceBackend, doc_version: str) -> ViolationFound | NothingReached | None:
-    """bite.verdict's search (same seed and budget) without shrinking: being caught within
-    the budget is the claim, and the shrink phase only makes the report shorter."""
-    base = settings(max_examples=BUDGET, database=None, deadline=None,
-                    phases=[Phase.explicit, Phase.reuse, Phase.generate])
-    try:
-        explore(guarantees()[gid], b, RunOptions(doc_version), base, seed=0)
-    except (ViolationFound, NothingReached) as exc:
-        return exc
-    return None
 
 
 def test_every_catalogue_entry_has_a_spec() -> None:
@@ -55,7 +41,7 @@ def test_reference_passes(gid: str, doc_version: str) -> None:
 def test_broken_variant_is_caught(machine: type, gid: str, doc_version: str) -> None:
     b = backend(machine)
     assert applicable(guarantees()[gid], b, doc_version)
-    found = caught(gid, b, doc_version)
+    found = verdict(gid, b, doc_version)
     assert found is not None, f"{machine.__name__} was not caught by {gid} within {BUDGET} examples"
     assert found.outcome.guarantee.id == gid
 
@@ -65,7 +51,7 @@ def test_every_mp_guarantee_has_a_broken_variant() -> None:
 
 
 def test_a_broken_variant_is_caught_with_shrinking_too() -> None:
-    found = verdict("MP-04", backend(BROKEN_BY_NAME["IgnoresImmediateExit"]))
+    found = verdict("MP-04", backend(BROKEN_BY_NAME["IgnoresImmediateExit"]), shrink=True)
     assert isinstance(found, ViolationFound)
     # The shrunk schedule is the textbook lost kick: both kicker steps before the vCPU thread runs.
     threads = [e.thread for e in found.outcome.timeline]

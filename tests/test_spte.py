@@ -7,12 +7,11 @@ and the lost Dirty bit table of section 2 (2).
 from __future__ import annotations
 
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
 from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
-from pytest_kvmconf.engine.explore import NothingReached, ViolationFound, explore
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule
 from pytest_kvmconf.engine.schedule import Schedule
 from pytest_kvmconf.spec.versions import NEWEST
@@ -22,18 +21,6 @@ from .bite import BUDGET, applicable, guarantees, verdict
 from .broken.spte import BROKEN, IndirectFastPathUnpinned, NonAtomicClearTrackBits, backend
 
 SPTE_IDS = sorted(g for g in guarantees() if g.startswith("SPTE-"))
-
-
-def caught(gid: str, b: ReferenceBackend) -> ViolationFound | NothingReached | None:
-    """bite.verdict's search (same seed and budget) without hypothesis' shrinking: being
-    caught within the budget is the claim, and shrinking costs seconds per variant."""
-    base = settings(max_examples=BUDGET, database=None, deadline=None,
-                    phases=[Phase.explicit, Phase.reuse, Phase.generate])
-    try:
-        explore(guarantees()[gid], b, RunOptions(NEWEST), base, seed=0)
-    except (ViolationFound, NothingReached) as exc:
-        return exc
-    return None
 
 
 class PinningMachine(ReferenceMachine):
@@ -69,7 +56,7 @@ def test_pinning_reference_passes(gid: str) -> None:
 def test_broken_variant_is_caught(machine: type, gid: str) -> None:
     b = backend(machine)
     assert applicable(guarantees()[gid], b)
-    found = caught(gid, b)
+    found = verdict(gid, b)
     assert found is not None, f"{machine.__name__} was not caught by {gid} within {BUDGET} examples"
     assert found.outcome.guarantee.id == gid
 
