@@ -30,7 +30,49 @@ gfn is faulted in again, so the ABA of section 2 (1) can happen.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
 from . import Arg, Facet, register
+
+
+def spte_observables(*, sptes: Sequence[Any], sp_gfn: Callable[[int], int], gfn_to_pfn: Mapping[int, int],
+                     is_dirty: Callable[[Any], bool], is_accessed: Callable[[Any], bool],
+                     dirty_bitmap: Iterable[int], pfn_dirty: Iterable[int], pfn_accessed: Iterable[int],
+                     accesses: Iterable[Mapping[str, Any]], tlbs: Iterable[Iterable[Any]],
+                     flush_pending: Iterable[bool], write_protected: Iterable[int],
+                     faults: Iterable[Mapping[str, Any]], mmu_lock_held: bool, sp_role: str,
+                     ad_bits: bool) -> dict[str, Any]:
+    """The SPTE facet's observables, the same for every backend: each backend passes its own
+    containers (plain fields in the model, atomic words and per-vCPU MMUs in the threaded one)."""
+    views = []
+    for i, s in enumerate(sptes):
+        gfn = sp_gfn(i)
+        views.append({
+            "present": s.present, "r": s.r, "w": s.w, "x": s.x, "a": s.a, "d": s.d,
+            "host_writable": s.host_writable, "mmu_writable": s.mmu_writable,
+            "tracked": s.tracked, "saved_r": s.saved_r, "saved_x": s.saved_x, "pfn": s.pfn,
+            "gfn": gfn, "host_pfn": gfn_to_pfn.get(gfn, -1),
+            "dirty": is_dirty(s), "accessed": is_accessed(s),
+        })
+    accesses = tuple(accesses)
+    return {
+        "sptes": views,
+        "gfn_to_pfn": dict(gfn_to_pfn),
+        "dirty_bitmap": frozenset(dirty_bitmap),
+        "pfn_dirty": frozenset(pfn_dirty),
+        "pfn_accessed": frozenset(pfn_accessed),
+        "writes": tuple({"vcpu": a["vcpu"], "gfn": a["gfn"], "pfn": a["pfn"]} for a in accesses if a["write"]),
+        "accesses": tuple(dict(a) for a in accesses),
+        "tlbs": [tuple({"spte": e.spte, "gfn": e.gfn, "pfn": e.pfn, "w": e.w, "d": e.d} for e in t)
+                 for t in tlbs],
+        "tlb_flush_pending": list(flush_pending),
+        "write_protected": frozenset(write_protected),
+        "faults": tuple(dict(f) for f in faults),
+        "mmu_lock_held": mmu_lock_held,
+        "sp_role": sp_role,
+        "ad_bits": ad_bits,
+    }
 
 #: First pfn of the resident gfns: gfn g starts in pfn PFN_BASE + g.
 PFN_BASE = 10

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...backend import MachineConfig, ThreadContext
-from ...facets.spte import PFN_BASE
+from ...facets.spte import PFN_BASE, spte_observables
 from ...scheduling import Point, Wait
 
 Steps = Generator[Point | Wait, None, Any]
@@ -123,34 +123,12 @@ class SpteModel:
 
     def observe_spte(self) -> dict[str, Any]:
         m = self.shadow_mmu
-        sptes = []
-        for i, s in enumerate(m.sptes):
-            gfn = self._sp_gfn(i)
-            sptes.append({
-                "present": s.present, "r": s.r, "w": s.w, "x": s.x, "a": s.a, "d": s.d,
-                "host_writable": s.host_writable, "mmu_writable": s.mmu_writable,
-                "tracked": s.tracked, "saved_r": s.saved_r, "saved_x": s.saved_x, "pfn": s.pfn,
-                "gfn": gfn, "host_pfn": m.gfn_to_pfn.get(gfn, -1),
-                "dirty": self._is_dirty(s), "accessed": self._is_accessed(s),
-            })
-        return {
-            "sptes": sptes,
-            "gfn_to_pfn": dict(m.gfn_to_pfn),
-            "dirty_bitmap": frozenset(m.dirty_bitmap),
-            "pfn_dirty": frozenset(m.pfn_dirty),
-            "pfn_accessed": frozenset(m.pfn_accessed),
-            "writes": tuple({"vcpu": a["vcpu"], "gfn": a["gfn"], "pfn": a["pfn"]}
-                            for a in m.accesses if a["write"]),
-            "accesses": tuple(dict(a) for a in m.accesses),
-            "tlbs": [tuple({"spte": e.spte, "gfn": e.gfn, "pfn": e.pfn, "w": e.w, "d": e.d}
-                           for e in t.values()) for t in m.tlbs],
-            "tlb_flush_pending": list(m.flush_pending),
-            "write_protected": frozenset(m.write_protected),
-            "faults": tuple(dict(f) for f in m.faults),
-            "mmu_lock_held": m.mmu_lock is not None,
-            "sp_role": m.role,
-            "ad_bits": m.ad_bits,
-        }
+        return spte_observables(
+            sptes=m.sptes, sp_gfn=self._sp_gfn, gfn_to_pfn=m.gfn_to_pfn, is_dirty=self._is_dirty,
+            is_accessed=self._is_accessed, dirty_bitmap=m.dirty_bitmap, pfn_dirty=m.pfn_dirty,
+            pfn_accessed=m.pfn_accessed, accesses=m.accesses, tlbs=(t.values() for t in m.tlbs),
+            flush_pending=m.flush_pending, write_protected=m.write_protected, faults=m.faults,
+            mmu_lock_held=m.mmu_lock is not None, sp_role=m.role, ad_bits=m.ad_bits)
 
     # -- SPTE helpers ---------------------------------------------------------
     def _sp_gfn(self, i: int) -> int:

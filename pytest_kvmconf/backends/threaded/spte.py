@@ -24,7 +24,7 @@ from typing import Any
 
 from ...backend import MachineConfig, ThreadContext
 from ...engine.threads import wait_on
-from ...facets.spte import PFN_BASE
+from ...facets.spte import PFN_BASE, spte_observables
 from ...scheduling import point
 from ..reference.spte import ZERO, Spte, TlbEntry
 
@@ -140,35 +140,14 @@ class SpteThreads:
             self.spte_words[i].write(s)
 
     def observe_spte(self) -> dict[str, Any]:
-        sptes = []
-        for i, word in enumerate(self.spte_words):
-            s = word.read()
-            gfn = self.sp_gfn(i)
-            sptes.append({
-                "present": s.present, "r": s.r, "w": s.w, "x": s.x, "a": s.a, "d": s.d,
-                "host_writable": s.host_writable, "mmu_writable": s.mmu_writable,
-                "tracked": s.tracked, "saved_r": s.saved_r, "saved_x": s.saved_x, "pfn": s.pfn,
-                "gfn": gfn, "host_pfn": self.gfn_to_pfn.get(gfn, -1),
-                "dirty": self.spte_dirty(s), "accessed": self.spte_accessed(s),
-            })
-        return {
-            "sptes": sptes,
-            "gfn_to_pfn": dict(self.gfn_to_pfn),
-            "dirty_bitmap": frozenset(self.dirty_bitmap),
-            "pfn_dirty": frozenset(self.pfn_dirty),
-            "pfn_accessed": frozenset(self.pfn_accessed),
-            "writes": tuple({"vcpu": a["vcpu"], "gfn": a["gfn"], "pfn": a["pfn"]}
-                            for a in self.accesses if a["write"]),
-            "accesses": tuple(dict(a) for a in self.accesses),
-            "tlbs": [tuple({"spte": e.spte, "gfn": e.gfn, "pfn": e.pfn, "w": e.w, "d": e.d}
-                           for e in vm.tlb.values()) for vm in self.vcpu_mmus],
-            "tlb_flush_pending": [vm.flush_pending for vm in self.vcpu_mmus],
-            "write_protected": frozenset(self.write_protected),
-            "faults": tuple(dict(f) for f in self.faults),
-            "mmu_lock_held": self.mmu_lock.owner is not None,
-            "sp_role": self.sp_role,
-            "ad_bits": self.ad_bits,
-        }
+        return spte_observables(
+            sptes=[word.read() for word in self.spte_words], sp_gfn=self.sp_gfn, gfn_to_pfn=self.gfn_to_pfn,
+            is_dirty=self.spte_dirty, is_accessed=self.spte_accessed, dirty_bitmap=self.dirty_bitmap,
+            pfn_dirty=self.pfn_dirty, pfn_accessed=self.pfn_accessed, accesses=self.accesses,
+            tlbs=(vm.tlb.values() for vm in self.vcpu_mmus),
+            flush_pending=[vm.flush_pending for vm in self.vcpu_mmus], write_protected=self.write_protected,
+            faults=self.faults, mmu_lock_held=self.mmu_lock.owner is not None, sp_role=self.sp_role,
+            ad_bits=self.ad_bits)
 
     # -- SPTE bits -------------------------------------------------------------
     def sp_gfn(self, i: int) -> int:
