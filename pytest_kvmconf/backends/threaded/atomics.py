@@ -10,6 +10,7 @@ locks are never contended across a parked thread.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 
 class AtomicBitmap:
@@ -53,29 +54,41 @@ class AtomicBitmap:
             return nr
 
 
-class AtomicInt:
-    """An ``int`` with READ_ONCE / WRITE_ONCE / cmpxchg / atomic add."""
+class AtomicWord:
+    """A machine word (an ``int``, or an immutable value such as an SPTE) with
+    READ_ONCE / WRITE_ONCE / cmpxchg / xchg."""
 
     __slots__ = ("_lock", "_value")
 
-    def __init__(self, value: int = 0) -> None:
+    def __init__(self, value: Any = 0) -> None:
         self._lock = threading.Lock()
         self._value = value
 
-    def read(self) -> int:
+    def read(self) -> Any:
         return self._value
 
-    def write(self, value: int) -> None:
+    def write(self, value: Any) -> None:
         with self._lock:
             self._value = value
 
-    def cmpxchg(self, old: int, new: int) -> int:
-        """Store ``new`` if the value is ``old``; return the value seen."""
+    def cmpxchg(self, old: Any, new: Any) -> Any:
+        """Store ``new`` if the word holds ``old``; return what it held."""
         with self._lock:
             seen = self._value
             if seen == old:
                 self._value = new
             return seen
+
+    def xchg(self, new: Any) -> Any:
+        with self._lock:
+            old, self._value = self._value, new
+            return old
+
+
+class AtomicInt(AtomicWord):
+    """An ``int`` word, with atomic add as well."""
+
+    __slots__ = ()
 
     def add(self, n: int = 1) -> int:
         with self._lock:

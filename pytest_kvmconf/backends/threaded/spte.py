@@ -27,39 +27,17 @@ from ...engine.threads import wait_on
 from ...facets.spte import PFN_BASE, spte_observables
 from ...scheduling import point
 from ..reference.spte import ZERO, Spte, TlbEntry
+from .atomics import AtomicWord
 
 #: fast_page_fault() gives up after this many failed cmpxchgs.
 FAST_PF_RETRIES = 4
 
 
-class SpteWord:
-    """A u64 SPTE with the kernel's accessors."""
+class SpteWord(AtomicWord):
+    """A u64 SPTE with the kernel's accessors (READ_ONCE, WRITE_ONCE, cmpxchg, xchg)
+    and the page walker's atomic A/D update."""
 
-    __slots__ = ("_lock", "_value")
-
-    def __init__(self, value: Spte):
-        self._lock = threading.Lock()
-        self._value = value
-
-    def read(self) -> Spte:
-        return self._value
-
-    def write(self, value: Spte) -> None:
-        with self._lock:
-            self._value = value
-
-    def cmpxchg(self, old: Spte, new: Spte) -> Spte:
-        """Store ``new`` if the word holds ``old``; return what it held."""
-        with self._lock:
-            seen = self._value
-            if seen == old:
-                self._value = new
-            return seen
-
-    def xchg(self, new: Spte) -> Spte:
-        with self._lock:
-            old, self._value = self._value, new
-            return old
+    __slots__ = ()
 
     def walk(self, write: bool, ad_bits: bool) -> Spte | None:
         """The page walker: if the SPTE allows the access, set Accessed (and Dirty on a
