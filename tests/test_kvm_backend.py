@@ -205,4 +205,7 @@ def test_free_runs_race_the_kick_for_real() -> None:
     """--kvm-schedule=free: the kicker and the vCPU thread race preemptively on the kernel;
     the documented kick still always lands, the signal-only kick is lost in some run."""
     assert verdict("MP-04", KvmBackend(), free=True, max_examples=30) is None
-    assert isinstance(verdict("MP-04", SignalOnlyBackend(), free=True, max_examples=30), ViolationFound)
+    # The race depends on the OS scheduler: on a quiet machine it shows within 4-28 free examples,
+    # later under a loaded test run. The search stops at the first loss, so a wide budget costs
+    # nothing when the race is found early.
+    assert isinstance(verdict("MP-04", SignalOnlyBackend(), free=True, max_examples=300), ViolationFound)
