@@ -71,6 +71,10 @@ locking.op("kvm_walk_vm_list", [], "int",
 locking.op("kvmclock_cpufreq_notifier", [], "none",
            "x86 __kvmclock_cpufreq_notifier() called with cpus_read_lock() held (e.g. from "
            "cpufreq_boost_trigger_state()): walks vm_list under kvm_lock.")
+locking.op("set_nx_huge_pages", [], "none",
+           "x86: a write of the kvm.nx_huge_pages module parameter (set_nx_huge_pages() in "
+           "arch/x86/kvm/mmu/mmu.c): kvm_lock, then for each VM on vm_list kvm->slots_lock around "
+           "kvm_mmu_zap_all_fast() (kvm->mmu_lock inside).")
 locking.op("kvm_vm_ioctl_create_vcpu", [V], "none",
            "KVM_CREATE_VCPU: kvm->lock, then the new vCPU's vcpu->mutex.")
 locking.op("kvm_vcpu_ioctl_run", [V], "none",

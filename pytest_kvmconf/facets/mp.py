@@ -82,10 +82,39 @@ GUEST_PROGRAMS = {
     "pio": "count once, then an I/O exit (x86 port 0x10, KVM_EXIT_IO; MMIO on arm64/riscv), in a loop",
     "psci_suspend": "arm64: PSCI SYSTEM_SUSPEND by HVC with entry PSCI_SUSPEND_ENTRY and context "
                     "PSCI_SUSPEND_CONTEXT in x1/x2, then busy",
-    "system_off": "a guest request to shut the VM down (arm64 PSCI SYSTEM_OFF), then busy",
-    "system_reset": "a guest request to reset the VM (arm64 PSCI SYSTEM_RESET), then busy",
-    "crash": "a guest crash report (e.g. x86 Hyper-V crash MSRs), then busy",
+    "system_off": "arm64/riscv: a guest request to shut the VM down (PSCI SYSTEM_OFF, SBI SRST "
+                  "shutdown), then busy",
+    "system_reset": "arm64/riscv: a guest request to reset the VM (PSCI SYSTEM_RESET, SBI SRST "
+                    "reboot), then busy",
+    "crash": "x86: a Hyper-V guest crash report (a write of HV_X64_MSR_CRASH_CTL with "
+             "CRASH_NOTIFY), then busy",
 }
+
+#: Which system event each architecture's KVM reports for a guest program, from the code that
+#: makes the exit (a program an architecture has no such source for is refused by the models):
+#: arm64 arch/arm64/kvm/psci.c: kvm_psci_system_off() SHUTDOWN, kvm_psci_system_reset() RESET
+#: (kvm_psci_system_reset2(): RESET with KVM_SYSTEM_EVENT_RESET_FLAG_PSCI_RESET2),
+#: kvm_psci_system_suspend() SUSPEND, and never CRASH; riscv arch/riscv/kvm/vcpu_sbi_system.c /
+#: vcpu_sbi_replace.c kvm_sbi_ext_srst_handler(): SHUTDOWN or RESET; x86 CRASH only from Hyper-V:
+#: kvm_hv_set_msr() HV_X64_MSR_CRASH_CTL makes KVM_REQ_HV_CRASH, which vcpu_enter_guest() in
+#: arch/x86/kvm/x86.c turns into KVM_SYSTEM_EVENT_CRASH.
+SYSTEM_EVENT_PROGRAMS: dict[str, dict[str, int]] = {
+    "arm64": {"system_off": KVM_SYSTEM_EVENT_SHUTDOWN, "system_reset": KVM_SYSTEM_EVENT_RESET},
+    "riscv": {"system_off": KVM_SYSTEM_EVENT_SHUTDOWN, "system_reset": KVM_SYSTEM_EVENT_RESET},
+    "x86_64": {"crash": KVM_SYSTEM_EVENT_CRASH},
+}
+
+
+def system_event_program_error(arch: str, program: str) -> str | None:
+    """Why ``program`` cannot run on ``arch`` (a system event that architecture never makes)."""
+    known = SYSTEM_EVENT_PROGRAMS.get(arch, {})
+    if program in GUEST_PROGRAMS and program not in known and \
+            any(program in m for m in SYSTEM_EVENT_PROGRAMS.values()):
+        return (f"guest program {program!r} has no {arch} form: KVM on {arch} makes system events "
+                f"only for {', '.join(sorted(known)) or 'none of them'} (see SYSTEM_EVENT_PROGRAMS)")
+    if program == "psci_suspend" and arch != "arm64":
+        return f"guest program 'psci_suspend' is arm64 only (PSCI), not {arch}"
+    return None
 
 
 def _at_least(doc_version: str, version: str) -> bool:
@@ -158,6 +187,7 @@ mp.named_sets.update({
     # Programs whose KVM_RUN does not return by itself once the guest runs (x86 needs an irqchip for hlt).
     "blocking_programs": lambda v: ("busy", "hlt"),
     "system_event_programs": lambda v: ("system_off", "system_reset", "crash"),
+    "psci_system_event_programs": lambda v: tuple(SYSTEM_EVENT_PROGRAMS["arm64"]),
 })
 
 V = Arg("vcpu", "vcpu", doc="index of the vCPU")
@@ -206,5 +236,5 @@ mp.observables.update({
 })
 mp.extra_capabilities.update({
     "system_events": "the backend has guest programs that make KVM_EXIT_SYSTEM_EVENT exits "
-                     "(system_off, system_reset, crash)",
+                     "(system_off, system_reset on arm64/riscv; crash on x86)",
 })

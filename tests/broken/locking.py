@@ -55,7 +55,7 @@ class IrqLockOutsideSlotsLock:
         yield from self._unlock(ctx, "kvm->lock")
 
 
-@variant("LOCK-01", "LOCK-07", "LOCK-09",
+@variant("LOCK-01", "LOCK-09",
          doc="walking vm_list unknowingly triggers cpus_read_lock() while holding kvm_lock")
 class WalkTakesCpusReadLock:
     @locking_op
@@ -212,4 +212,27 @@ class TscSyncTakesKvmLock:
         yield from self._lock(ctx, "kvm->lock")
         self._access(ctx, "kvm->arch.last_tsc_write", True, "kvm->arch.last_tsc_write = data")
         yield from self._unlock(ctx, "kvm->lock")
+        yield from self._unlock(ctx, "vcpu->mutex", instance=self._vcpu_mutex(vcpu))
+
+
+@variant("LOCK-01", doc="a memslot update takes kvm->lock inside kvm->slots_lock (e.g. to update every vCPU)")
+class MemslotUpdateTakesKvmLock:
+    @locking_op
+    def kvm_set_memory_region(self, ctx):
+        yield from self._lock(ctx, "kvm->slots_lock")
+        yield from self._lock(ctx, "kvm->lock")
+        yield from self._unlock(ctx, "kvm->lock")
+        yield from self._unlock(ctx, "kvm->slots_lock")
+
+
+@variant("LOCK-07", doc="kvm_synchronize_tsc() takes kvm->mmu_lock inside the raw tsc_write_lock")
+class TscSyncNestsInLeaf:
+    @locking_op
+    def kvm_synchronize_tsc(self, ctx, vcpu):
+        yield from self._lock(ctx, "vcpu->mutex", instance=self._vcpu_mutex(vcpu))
+        yield from self._lock(ctx, "kvm->arch.tsc_write_lock")
+        self._access(ctx, "kvm->arch.last_tsc_write", True, "kvm->arch.last_tsc_write = data")
+        yield from self._lock(ctx, "kvm->mmu_lock", WRITE)
+        yield from self._unlock(ctx, "kvm->mmu_lock", WRITE)
+        yield from self._unlock(ctx, "kvm->arch.tsc_write_lock")
         yield from self._unlock(ctx, "vcpu->mutex", instance=self._vcpu_mutex(vcpu))

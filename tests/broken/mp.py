@@ -245,6 +245,17 @@ class SystemEventDestroysVcpu(ReferenceMachine):
         return (yield from super().kvm_get_mp_state(ctx, vcpu))
 
 
+class CrashDestroysVcpu(SystemEventDestroysVcpu):
+    """x86: after a crash report the vCPU is gone: KVM_RUN and KVM_GET_MP_STATE fail with EIO."""
+
+
+class CrashReportedAsShutdown(ReferenceMachine):
+    """x86: a Hyper-V crash report is reported with type KVM_SYSTEM_EVENT_SHUTDOWN."""
+
+    def _mp_event_type(self, program: str) -> int:
+        return KVM_SYSTEM_EVENT_SHUTDOWN if program == "crash" else super()._mp_event_type(program)
+
+
 def backend(machine: type) -> ReferenceBackend:
     return running(machine, f"broken-{machine.__name__}")
 
@@ -276,4 +287,6 @@ BROKEN: dict[type, tuple[str, str]] = {
     ResetReportedAsShutdown: ("MP-10.b", "6.18"),
     SystemSuspendNotOffered: ("MP-10.c", "6.18"),
     SystemEventDestroysVcpu: ("MP-11", "6.18"),
+    CrashDestroysVcpu: ("MP-11.a", "6.18"),
+    CrashReportedAsShutdown: ("MP-11.a", "6.18"),
 }

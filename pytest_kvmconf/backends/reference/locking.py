@@ -290,6 +290,21 @@ class LockingModel:
         yield from self._unlock(ctx, "kvm_lock")
         yield from self._unlock(ctx, "cpu_hotplug_lock", READ)
 
+    @locking_op
+    def set_nx_huge_pages(self, ctx: ThreadContext) -> Steps:
+        """arch/x86/kvm/mmu/mmu.c set_nx_huge_pages() (since b8e8c8303ff2, v5.4): kvm->slots_lock
+        nested inside kvm_lock, so kvm_lock is not a leaf although locking.rst orders only
+        cpus_read_lock() outside it."""
+        yield from self._lock(ctx, "kvm_lock")
+        self._access(ctx, "vm_list", False, "list_for_each_entry(kvm, &vm_list, vm_list)")
+        for _ in list(self.vm_list):
+            yield from self._lock(ctx, "kvm->slots_lock")
+            yield from self._lock(ctx, "kvm->mmu_lock", WRITE)
+            self._access(ctx, "shadow_pages", True, "kvm_mmu_zap_all_fast()")
+            yield from self._unlock(ctx, "kvm->mmu_lock", WRITE)
+            yield from self._unlock(ctx, "kvm->slots_lock")
+        yield from self._unlock(ctx, "kvm_lock")
+
     # -- vCPUs --------------------------------------------------------------------
     @locking_op
     def kvm_vm_ioctl_create_vcpu(self, ctx: ThreadContext, vcpu: int) -> Steps:

@@ -39,7 +39,6 @@ from ...facets.mp import (
     KVM_MP_STATE_STOPPED,
     KVM_MP_STATE_SUSPENDED,
     KVM_MP_STATE_UNINITIALIZED,
-    KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
     KVM_SYSTEM_EVENT_SUSPEND,
@@ -49,8 +48,10 @@ from ...facets.mp import (
     PSCI_RET_NOT_SUPPORTED,
     PSCI_SUSPEND_CONTEXT,
     PSCI_SUSPEND_ENTRY,
+    SYSTEM_EVENT_PROGRAMS,
     arm64_mp_states,
     riscv_mp_states,
+    system_event_program_error,
 )
 from ...scheduling import Point, Wait
 
@@ -58,11 +59,6 @@ Steps = Generator[Point | Wait, None, Any]
 
 X86_NMI_PORT = 0x11  # the x86 guest programs' NMI handler does `out 0x11, al`
 PIO_PORT = 0x10
-SYSTEM_EVENT_OF_PROGRAM = {
-    "system_off": KVM_SYSTEM_EVENT_SHUTDOWN,
-    "system_reset": KVM_SYSTEM_EVENT_RESET,
-    "crash": KVM_SYSTEM_EVENT_CRASH,
-}
 
 
 @dataclass
@@ -109,6 +105,9 @@ class MpModel:
         self.mp_program = str(config.options.get("program", "busy"))
         if self.mp_program not in GUEST_PROGRAMS:
             raise ValueError(f"unknown guest program {self.mp_program!r}; known: {', '.join(GUEST_PROGRAMS)}")
+        why = system_event_program_error(config.arch, self.mp_program)
+        if why:
+            raise ValueError(why)
         self.mp_system_suspend = False
         self.mp_vcpus = [MpVcpu(i, state=self._mp_initial_state(i)) for i in range(config.vcpus)]
 
@@ -186,8 +185,8 @@ class MpModel:
         return False
 
     def _mp_event_type(self, program: str) -> int:
-        """The KVM_SYSTEM_EVENT_* type of what the guest program requests."""
-        return SYSTEM_EVENT_OF_PROGRAM[program]
+        """The KVM_SYSTEM_EVENT_* type this architecture's KVM reports for the guest's request."""
+        return SYSTEM_EVENT_PROGRAMS[self.mp_arch][program]
 
     def _mp_system_event(self, v: MpVcpu, event: int) -> None:
         """arm64/riscv: a SHUTDOWN or RESET request stops every vCPU; nothing is destroyed."""

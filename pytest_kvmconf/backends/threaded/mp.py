@@ -59,7 +59,6 @@ from ...facets.mp import (
     KVM_MP_STATE_STOPPED,
     KVM_MP_STATE_SUSPENDED,
     KVM_MP_STATE_UNINITIALIZED,
-    KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
     KVM_SYSTEM_EVENT_SUSPEND,
@@ -69,20 +68,16 @@ from ...facets.mp import (
     PSCI_RET_NOT_SUPPORTED,
     PSCI_SUSPEND_CONTEXT,
     PSCI_SUSPEND_ENTRY,
+    SYSTEM_EVENT_PROGRAMS,
     arm64_mp_states,
     riscv_mp_states,
+    system_event_program_error,
 )
 from ...scheduling import point
 
 #: The x86 guest programs' NMI handler does ``out 0x11, al``; the pio program ``out 0x10``.
 X86_NMI_PORT = 0x11
 PIO_PORT = 0x10
-#: What a guest program asks the VM to do, as the KVM_SYSTEM_EVENT_* type KVM reports.
-EVENT_OF_PROGRAM = {
-    "system_off": KVM_SYSTEM_EVENT_SHUTDOWN,
-    "system_reset": KVM_SYSTEM_EVENT_RESET,
-    "crash": KVM_SYSTEM_EVENT_CRASH,
-}
 #: x86 states in which a vCPU waits for INIT/SIPI instead of running.
 X86_WAIT_FOR_SIPI = (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_AP_RESET_HOLD)
 
@@ -151,6 +146,9 @@ class MpThreads:
         self.mp_program = str(config.options.get("program", "busy"))
         if self.mp_program not in GUEST_PROGRAMS:
             raise ValueError(f"unknown guest program {self.mp_program!r}; known: {', '.join(GUEST_PROGRAMS)}")
+        why = system_event_program_error(config.arch, self.mp_program)
+        if why:
+            raise ValueError(why)
         #: kvm->lock: KVM_ENABLE_CAP changes the VM's configuration under it.
         self.mp_vm_lock = threading.Lock()
         self.mp_system_suspend = False
@@ -359,7 +357,8 @@ class MpThreads:
                     v.settle.notify_all()
             if result is not None:
                 event = result["system_event"]
-                if result["exit_reason"] == KVM_EXIT_SYSTEM_EVENT and event in EVENT_OF_PROGRAM.values():
+                made = SYSTEM_EVENT_PROGRAMS[self.mp_arch].values()
+                if result["exit_reason"] == KVM_EXIT_SYSTEM_EVENT and event in made:
                     self._mp_system_event(v, event)
                 return result, counted
             if block is not None:
@@ -436,4 +435,4 @@ class MpThreads:
             return None, None
         v.progress += 1
         v.pc = "after_event"
-        return run_result(0, KVM_EXIT_SYSTEM_EVENT, EVENT_OF_PROGRAM[program]), None
+        return run_result(0, KVM_EXIT_SYSTEM_EVENT, SYSTEM_EVENT_PROGRAMS[self.mp_arch][program]), None
