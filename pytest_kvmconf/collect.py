@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .backend import skip_reason
+from .conformance import why_not
 from .engine.explore import NothingReached, ViolationFound, explore, replay
 from .engine.runner import RunOptions
 from .engine.schedule import Schedule
@@ -51,24 +52,43 @@ class GuaranteeItem(pytest.Item):
     def runtest(self) -> None:
         run: RunState = state_of(self.config)
         g = self.guarantee
-        if not g.versions.contains(run.doc_version):
-            pytest.skip(f"{g.id} is stated by the document text {g.versions}, "
-                        f"not by {run.doc_version} (choose it with --kvm-doc-version)")
         backend = run.backend()
-        reason = skip_reason(backend, g.needs, g.arch, run.doc_version)
-        if reason is None and hasattr(backend, "skip_reason"):
-            reason = backend.skip_reason(g)  # a backend's own, finer reason (no /dev/kvm, ...)
+        reason = why_not(g, run)
         if reason:
-            pytest.skip(reason)
+            # The skip points at the guarantee in its spec file, not at this line.
+            raise pytest.skip.Exception(reason, _use_item_location=True)
         options = RunOptions(run.doc_version, free=run.free, point_timeout=run.point_timeout)
         if run.replay is not None:
             replay(g, backend, options, run.replay)
             return
+        # hypothesis' own pytest plugin only sees test functions: give it this item's statistics
+        # (--hypothesis-show-statistics) and its verbose output (--hypothesis-verbosity).
+        from hypothesis.reporting import default as default_reporter
+        from hypothesis.reporting import with_reporter
+        from hypothesis.statistics import collector, describe_statistics
+
+        lines: list[str] = []
+        show_now = self.config.getoption("capture", "fd") == "no"
+
+        def report(text: Any) -> None:
+            lines.append(str(text))
+            if show_now:
+                default_reporter(text)
+
+        def note_statistics(stats: dict[str, Any]) -> None:
+            stats["nodeid"] = self.nodeid
+            self.hypothesis_statistics = describe_statistics(stats)
+
         try:
-            self.stats = explore(g, backend, options, base=base_settings(self.config))
+            with collector.with_value(note_statistics), with_reporter(report):
+                self.stats = explore(g, backend, options, base=base_settings(self.config),
+                                     seed=self.config.getoption("hypothesis_seed", None))
         except (ViolationFound, NothingReached) as exc:
             self.stats = exc.stats
             raise
+        finally:
+            if lines:
+                self.hypothesis_report_information = "\n".join(lines)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         run = state_of(self.config)
@@ -85,7 +105,16 @@ class GuaranteeItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.guarantee.id}: {self.guarantee.title}"
+        return self.path, self.guarantee_line(), f"{self.guarantee.id}: {self.guarantee.title}"
+
+    def guarantee_line(self) -> int | None:
+        """The 0-based line of ``id = "<id>"`` in the spec file, where a skip points."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError:
+            return None
+        m = re.search(rf'^\s*id\s*=\s*["\']{re.escape(self.guarantee.id)}["\']', text, re.M)
+        return None if m is None else text.count("\n", 0, m.start())
 
 
 def replay_schedule(text: str) -> Schedule:

@@ -50,7 +50,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     metavar="SECONDS",
                     help="thread backends: how long one step may take before it counts as a hang")
     parser.addini("kvm_specs", "folders of spec files to run", type="paths", default=[])
-    parser.addini("kvm_backend", "default backend", default=DEFAULT_BACKEND)
+    parser.addini("kvm_backend", f"default backend ({DEFAULT_BACKEND} when unset)", default="")
+    parser.addini("kvm_bundled_specs", "run the bundled specs beside kvm_specs (default true)", type="bool",
+                  default=True)
     conformance.add_options(group)
     expectations.add_options(group)
     profiles.add_options(group, parser)
@@ -84,6 +86,64 @@ def _base_args(config: pytest.Config) -> list[str]:
     return out
 
 
+KVM_OPTIONS = ("--kvm-",)
+
+
+def _engaged(config: pytest.Config) -> bool:
+    """The one rule for whether the specs run: a ``--kvm-*`` option on the command line, or the
+    ini file configuring the plugin (``kvm_specs`` or ``kvm_backend``)."""
+    return _kvm_on_command_line(config) or bool(config.getini("kvm_specs")) or bool(config.getini("kvm_backend"))
+
+
+def _kvm_on_command_line(config: pytest.Config) -> bool:
+    return any(a.startswith(KVM_OPTIONS) for a in config.invocation_params.args)
+
+
+def _spec_set(config: pytest.Config) -> list[Path]:
+    """Every spec folder of the run, the same whatever the command: bundled, ini, command line."""
+    opt = config.option
+    for p in opt.kvm_specs:
+        if not Path(config.invocation_params.dir, p).exists():
+            raise pytest.UsageError(f"--kvm-specs: {p} does not exist")
+    for p in config.getini("kvm_specs"):
+        if not Path(p).exists():
+            raise pytest.UsageError(f"kvm_specs = {p} in the ini file does not exist")
+    paths = list(config.getini("kvm_specs")) + [Path(config.invocation_params.dir, p) for p in opt.kvm_specs]
+    if not (opt.kvm_no_bundled or not config.getini("kvm_bundled_specs")):
+        b = bundled_specs()
+        if b is not None:
+            paths.insert(0, b)
+    out: list[Path] = []
+    for p in paths:
+        if Path(p).resolve() not in {x.resolve() for x in out}:
+            out.append(Path(p))
+    return out
+
+
+def _resolve_spec_args(config: pytest.Config, folders: list[Path]) -> bool:
+    """Let command-line paths name specs as the progress lines show them.
+
+    ``vcpu-requests.toml::REQ-15`` (the bundled file, wherever it is installed) becomes its full
+    path, so pytest's own selection by node id works; returns whether any argument names a spec
+    file or folder (then only those specs run)."""
+    files = {f.resolve(): f for f in _spec_files(folders)}
+    by_name = {_display_name(f, folders, config.rootpath): f for f in files.values()}
+    named = False
+    args = []
+    for arg in config.args:
+        path, sep, rest = arg.partition("::")
+        full = Path(config.invocation_params.dir, path)
+        if not full.exists() and path in by_name:
+            full = by_name[path].resolve()
+            arg = f"{full}{sep}{rest}"
+        if full.exists() and (full.resolve() in files or any(
+                f.is_relative_to(full.resolve()) for f in files) and full.resolve() != config.rootpath):
+            named = True
+        args.append(arg)
+    config.args[:] = args
+    return named
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     opt = config.option
@@ -98,15 +158,8 @@ def pytest_configure(config: pytest.Config) -> None:
             replay = replay_schedule(opt.kvm_replay)
         except ValueError as exc:
             raise pytest.UsageError(f"--kvm-replay: {exc}") from None
-    paths = [Path(p) for p in opt.kvm_specs] + list(config.getini("kvm_specs"))
-    active = bool(opt.kvm_backend or opt.kvm_specs or replay or opt.kvm_list or opt.kvm_report)
-    if active and not opt.kvm_no_bundled:
-        b = bundled_specs()
-        if b is not None:
-            paths.insert(0, b)
-    for p in paths:
-        if not Path(p).exists():
-            raise pytest.UsageError(f"--kvm-specs: {p} does not exist")
+    engaged = _engaged(config)
+    paths = _spec_set(config) if engaged else []
     state = RunState(
         backend_name=opt.kvm_backend or config.getini("kvm_backend") or DEFAULT_BACKEND,
         doc_version=doc_version,
@@ -119,11 +172,18 @@ def pytest_configure(config: pytest.Config) -> None:
         invocation_dir=str(config.invocation_params.dir),
     )
     config.stash[KEY] = state
-    if active and getattr(config, "args_source", None) != pytest.Config.ArgsSource.ARGS:
-        # `pytest --kvm-backend=X` means "run the conformance suite here": without paths on the
-        # command line, the folder's own tests (or testpaths) are not collected beside it.
-        config.args = []
-    if paths:
+    if engaged:
+        # Which specs run is one rule (README, "Which specs run"): the spec set is always the
+        # bundled, ini and --kvm-specs folders; paths on the command line add to it, unless one
+        # of them names a spec file or folder, which narrows it; a --kvm-* option without paths
+        # means "run the conformance suite here", without the folder's own tests.
+        from_command_line = getattr(config, "args_source", None) == pytest.Config.ArgsSource.ARGS
+        narrowed = from_command_line and _resolve_spec_args(config, paths)
+        if not from_command_line and _kvm_on_command_line(config):
+            config.args = []
+        if not narrowed:
+            config.args = [*config.args, *(str(p) for p in paths)]
+        state.collect = {f.resolve() for f in _spec_files(paths)}
         try:
             state.backend()  # fail early, with the list of known backends
         except BackendError as exc:
@@ -150,20 +210,35 @@ def _spec_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+def _display_name(path: Path, folders: list[Path], rootpath: Path) -> str:
+    """A spec file's node id part: relative to the rootdir when inside it, else relative to its
+    spec folder (``vcpu-requests.toml``, not a site-packages path)."""
+    path = path.resolve()
+    if path.is_relative_to(rootpath):
+        return path.relative_to(rootpath).as_posix()
+    for folder in folders:
+        folder = Path(folder).resolve()
+        if folder.is_file() and folder == path:
+            return path.name
+        if folder.is_dir() and path.is_relative_to(folder):
+            return path.relative_to(folder).as_posix()
+    return path.name
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    state = parent.config.stash.get(KEY, None)
+    if state is None or file_path.suffix != ".toml" or file_path.resolve() not in state.collect:
+        return None
+    if file_path.resolve().is_relative_to(parent.config.rootpath):
+        return SpecFile.from_parent(parent, path=file_path)
+    return SpecFile.from_parent(parent, path=file_path,
+                                nodeid=_display_name(file_path, state.spec_paths, parent.config.rootpath))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
-    # Runs before -k/-m deselection, so spec items are selectable like any test.
     state = state_of(config)
-    from _pytest.runner import collect_one_node
-
-    for path in _spec_files(state.spec_paths):
-        collector = SpecFile.from_parent(session, path=path.resolve())
-        report = collect_one_node(collector)
-        if report.failed:
-            session.ihook.pytest_collectreport(report=report)
-            continue
-        items.extend(i for i in report.result if isinstance(i, pytest.Item))
     if state.replay is not None:
         keep = [i for i in items if getattr(i, "guarantee", None) is not None
                 and i.guarantee.id == state.replay.guarantee]

@@ -50,4 +50,7 @@ def profile_name(config: pytest.Config) -> str:
 def base_settings(config: pytest.Config) -> settings | None:
     """The settings to pass as ``base`` to engine.explore.explore (None keeps hypothesis' own)."""
     hypothesis_profile = PROFILES[profile_name(config)]
-    return None if hypothesis_profile is None else settings.get_profile(hypothesis_profile)
+    if hypothesis_profile is None:
+        return None
+    # The budget is the profile's; --hypothesis-verbosity still applies (it changes the default).
+    return settings(settings.get_profile(hypothesis_profile), verbosity=settings.default.verbosity)

@@ -26,6 +26,8 @@ class RunState:
     base_args: list[str] = field(default_factory=list)
     invocation_dir: str = "."
     seen_ids: dict[str, Path] = field(default_factory=dict)
+    #: the spec files pytest collects as specs (resolved paths)
+    collect: set[Path] = field(default_factory=set)
     _backend: Backend | None = None
 
     def backend(self) -> Backend:
