@@ -194,14 +194,18 @@ class ConformancePlugin:
                 "detail": r.detail,
             })
         finished = _dt.datetime.now(_dt.timezone.utc)
-        from .profiles import profile_name
+        from .profiles import describe, profile_name
 
         return {
             "tool": "pytest-kvmconf",
             "version": __version__,
-            "backend": {"name": backend.name, "description": getattr(backend, "description", "")},
+            # As the user named it (--kvm-backend / kvm_backend), and as the backend calls itself.
+            "backend": {"name": run.backend_name, "backend_name": backend.name,
+                        "description": getattr(backend, "description", "")},
             "doc_version": run.doc_version,
             "profile": profile_name(self.config),
+            "profile_in_force": describe(self.config),
+            "schedule": "free" if run.free else "controlled",
             "command": ["pytest", *self.config.invocation_params.args],
             "started": self.started.isoformat(timespec="seconds"),
             "seconds": round((finished - self.started).total_seconds(), 3),
@@ -232,9 +236,12 @@ def markdown(doc: Mapping[str, Any]) -> str:
     out = [
         f"# KVM conformance of backend `{doc['backend']['name']}`",
         "",
+        *([f"(it calls itself `{_cell(doc['backend']['backend_name'])}`)", ""]
+          if doc["backend"]["backend_name"] != doc["backend"]["name"] else []),
         f"{_cell(doc['backend']['description'])}",
         "",
-        f"Document text {doc['doc_version']}, search profile {doc['profile']}, run started "
+        f"Document text {doc['doc_version']}, search profile {doc['profile_in_force']}, "
+        f"{doc['schedule']} schedules, run started "
         f"{doc['started']} ({doc['seconds']} s), pytest-kvmconf {doc['version']}.",
         "",
         f"{len(doc['guarantees'])} guarantees: {summary or 'none ran'}.",

@@ -255,8 +255,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash.get(KEY, None)
     if state is None or not state.spec_paths:
         return []
-    return [f"kvmconf: backend {state.backend_name}, document text {state.doc_version}, specs "
-            + ", ".join(str(p) for p in state.spec_paths)]
+    mode = "free (preemptive)" if state.free else "controlled"
+    return [f"kvmconf: backend {state.backend_name}, document text {state.doc_version}, "
+            f"profile {profiles.describe(config)}, schedule {mode}",
+            "kvmconf: specs " + ", ".join(str(p) for p in state.spec_paths)]
 
 
 __all__ = ["pytest_addoption", "pytest_configure", "resolve"]

@@ -54,3 +54,15 @@ def base_settings(config: pytest.Config) -> settings | None:
         return None
     # The budget is the profile's; --hypothesis-verbosity still applies (it changes the default).
     return settings(settings.get_profile(hypothesis_profile), verbosity=settings.default.verbosity)
+
+
+def describe(config: pytest.Config) -> str:
+    """The profile in force and its budget, as the header and the report name it."""
+    from hypothesis import settings as current
+
+    name = profile_name(config)
+    base = base_settings(config)
+    examples = (base or current.default).max_examples
+    if name == "default":
+        return f"default (hypothesis profile {current.get_current_profile_name()!r}, {examples} examples)"
+    return f"{name} ({examples} examples)"

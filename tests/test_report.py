@@ -100,3 +100,20 @@ def test_list_reports_spec_errors(project: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.INTERRUPTED
     assert "bad.toml: key guarantee: at least one [[guarantee]] is required" in result.stdout.str()
     assert "nothing listed" in result.stdout.str() and "TOY-01" not in result.stdout.str()
+
+
+def test_report_names_the_backend_as_given_and_the_profile_in_force(project: pytest.Pytester) -> None:
+    project.makepyfile(factory="from toy_backend import BrokenToyBackend\n\ndef make():\n"
+                               "    return BrokenToyBackend()\n")
+    base = tuple(a for a in ARGS if not a.startswith("--kvm-profile"))
+    result = project.runpytest_subprocess(*base, "--kvm-backend=factory:make", "--kvm-report=r.json", "-k", "TOY-01",
+                                          "--hypothesis-profile=kvmconf-quick")
+    result.stdout.fnmatch_lines(["kvmconf: backend factory:make, document text 6.18, profile default "
+                                 "(hypothesis profile 'kvmconf-quick', 10 examples), schedule controlled"])
+    doc = json.loads((project.path / "r.json").read_text())
+    assert doc["backend"]["name"] == "factory:make" and doc["backend"]["backend_name"] == "toy-broken"
+    assert doc["profile_in_force"] == "default (hypothesis profile 'kvmconf-quick', 10 examples)"
+    assert doc["schedule"] == "controlled"
+    md = (project.path / "r.md").read_text()
+    assert "# KVM conformance of backend `factory:make`" in md and "(it calls itself `toy-broken`)" in md
+    assert "search profile default (hypothesis profile 'kvmconf-quick', 10 examples), controlled" in md

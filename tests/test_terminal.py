@@ -82,3 +82,16 @@ def test_hypothesis_verbosity_and_seed_reach_the_search(pytester: pytest.Pyteste
     assert len(drawn) >= 5, one.stdout.str()  # each example's schedule, as it runs
     assert _drawn(run(pytester, *args, "--hypothesis-seed=7")) == drawn
     assert _drawn(run(pytester, *args, "--hypothesis-seed=8")) != drawn
+
+
+def test_the_example_database_replays_the_last_failure_first(project: pytest.Pytester) -> None:
+    args = (*ARGS, "-k", "TOY-02", "--hypothesis-show-statistics")
+    first = run(project, *args, "--kvm-backend=toy-broken")
+    first.assert_outcomes(failed=1)
+    assert "reuse phase" not in first.stdout.str()
+    assert (project.path / ".hypothesis").is_dir()
+    again = run(project, *args, "--kvm-backend=toy-broken")
+    again.stdout.fnmatch_lines(["*during reuse phase*", "*0 passing, 1 failing*"])
+    # Keyed per backend too: another backend's run of the same guarantee starts afresh.
+    other = run(project, *args, "--kvm-backend=toy")
+    assert "reuse phase" not in other.stdout.str()

@@ -92,3 +92,42 @@ def test_package_needs_nothing_outside_itself() -> None:
     for path in (REPO / "pytest_kvmconf").rglob("*.py"):
         text = path.read_text()
         assert "from tests" not in text and "import tests" not in text, path
+
+
+def _ids(out: str) -> set[str]:
+    """Guarantee ids of a --collect-only listing, or of a --kvm-list's catalogue lines."""
+    ids = {ln.rsplit("::", 1)[1] for ln in out.splitlines() if ".toml::" in ln}
+    ids |= {ln.split()[0] for ln in out.splitlines() if ln[:1].isupper() and ln.split()[0].count("-") == 1
+            and len(ln.split()) > 3 and ln.split()[3] in ("check", "skip", "xfail")}
+    return ids
+
+
+def test_ini_configured_project_collects_one_set_of_specs(tmp_path: Path) -> None:
+    # CONTRIBUTING.md section 6, copied as it is: its conftest line, its ini fragment, and the
+    # backend of section 5 the fragment names.
+    from tests.test_contributing import of
+
+    vendored = vendor(tmp_path)
+    fragment = next(b.body for b in of("toml", "fragment") if "pythonpath" in b.body)
+    plugins = next(b.body for b in of("python", "conftest") if "pytest_plugins" in b.body)
+    registration = next(b.body for b in of("python", "conftest") if "bitmap" in b.body)
+    backend = next(b.body for b in of("python", "backend") if b.attrs["file"] == "bitmap_backend.py")
+    (tmp_path / "pyproject.toml").write_text(fragment)
+    (tmp_path / "conftest.py").write_text(plugins + registration + WHERE)
+    (tmp_path / "bitmap_backend.py").write_text(backend)
+    (tmp_path / "kvm-specs").mkdir()
+    (tmp_path / "specs" / "toy.toml").rename(tmp_path / "kvm-specs" / "toy.toml")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_unit.py").write_text("def test_unit():\n    pass\n")
+    seen = {}
+    for args in ((), ("--kvm-list",), ("--kvm-backend=reference",), ("tests",)):
+        listing = () if "--kvm-list" in args else ("--collect-only", "-qq")
+        result = run(tmp_path, None, *listing, *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        seen[args] = _ids(result.stdout)
+        unit = "tests/test_unit.py::test_unit" in result.stdout
+        assert unit == (args in ((), ("tests",))), (args, result.stdout)
+    assert_vendored(run(tmp_path, None, "--kvm-list").stdout, vendored)
+    everything = seen[("--kvm-list",)]
+    assert {"TOY-01", "REQ-15"} <= everything
+    assert all(ids == everything for ids in seen.values()), seen
