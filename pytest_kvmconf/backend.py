@@ -76,6 +76,12 @@ class Backend(Protocol):
         """A fresh machine for one schedule."""
 
 
+def judges(backend: Backend, check: Any) -> bool:
+    """Whether ``check`` is judged on ``backend``: a userspace obligation only where the backend
+    declares userspace_obligations (KVM need not refuse what only userspace must avoid)."""
+    return getattr(check, "obligation", "kvm") != "userspace" or "userspace_obligations" in backend.capabilities
+
+
 def skip_reason(backend: Backend, needs: frozenset[str], arch: str | None, doc_version: str) -> str | None:
     """Why ``backend`` cannot check a guarantee with these needs, or None."""
     missing = sorted(needs - set(backend.capabilities))

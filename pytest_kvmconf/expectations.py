@@ -39,6 +39,22 @@ else:  # pragma: no cover - exercised on 3.10 only
 TABLE = "violation"
 KEYS = {"id": "the guarantee id, e.g. REQ-15", "reason": "why the backend violates it (shown with the xfail)"}
 NO_LONGER = "known violation no longer reproduced"
+#: Expectation files shipped with the plugin (e.g. known/linux.toml: where Linux differs from the
+#: documents); ``--kvm-expect=linux`` names one without a path.
+SHIPPED = Path(__file__).resolve().parent / "known"
+
+
+def resolve(name: Path | str) -> Path:
+    """A path as given, or a shipped file's when ``name`` is a bare name such as ``linux``."""
+    path = Path(name)
+    shipped = SHIPPED / f"{path.name}.toml"
+    if not path.suffix and len(path.parts) == 1 and not path.exists() and shipped.is_file():
+        return shipped
+    return path
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.toml"))
 
 
 class ExpectationError(Exception):
@@ -111,7 +127,7 @@ def collect(backend: Any, given: Iterable[Path | str]) -> dict[str, Expectation]
     """The backend's file first, then the --kvm-expect files (which win for the same id)."""
     out: dict[str, Expectation] = {}
     own = backend_file(backend)
-    for path in ([own] if own is not None else []) + [Path(p) for p in given]:
+    for path in ([own] if own is not None else []) + [resolve(p) for p in given]:
         out.update(load(path))
     return out
 
@@ -120,14 +136,15 @@ def add_options(group: pytest.OptionGroup) -> None:
     group.addoption("--kvm-expect", dest="kvm_expect", action="append", default=[], metavar="PATH",
                     help=f"TOML file of [[{TABLE}]] entries (id, reason): guarantees the backend is known "
                          "to violate; they run as strict expected failures. Repeatable; adds to the "
-                         "backend's own expected_failures_file")
+                         "backend's own expected_failures_file. A bare name is a file shipped with the "
+                         f"plugin: {', '.join(shipped_names())} (Linux's known differences from the documents)")
 
 
 def configure(config: pytest.Config, backend: Any | None) -> None:
     """Load the files (a malformed one is a usage error) and register the marking plugin."""
     try:
         expected = collect(backend, config.getoption("kvm_expect", []) or []) if backend is not None \
-            else {k: v for p in config.getoption("kvm_expect", []) or [] for k, v in load(p).items()}
+            else {k: v for p in config.getoption("kvm_expect", []) or [] for k, v in load(resolve(p)).items()}
     except ExpectationError as exc:
         raise pytest.UsageError(f"expectation file {exc}") from None
     config.pluginmanager.register(ExpectationsPlugin(expected), "kvmconf-expectations")

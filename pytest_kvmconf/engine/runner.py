@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import facets
-from ..backend import Backend, MachineConfig, default_arch
+from ..backend import Backend, MachineConfig, default_arch, judges
 from ..facets.requests import request_name
 from ..spec.expr import EvalError, Expr
 from ..spec.model import Check, Guarantee
@@ -96,7 +96,8 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
                                      capture_before=capture, schedule=schedule)
         else:
             handles = [GeneratorHandle(machine, p, fmt.call, fmt.result, capture) for p in plans]
-        _Scheduler(g, machine, handles, schedule, outcome, env, bindings).run()
+        _Scheduler(g, machine, handles, schedule, outcome, env, bindings,
+                   [c for c in g.checks if judges(backend, c)]).run()
     finally:
         for h in handles:
             h.close()
@@ -143,11 +144,12 @@ class _Formats:
 
 class _Scheduler:
     def __init__(self, g: Guarantee, machine: Any, handles: list[Handle], schedule: Schedule,
-                 outcome: Outcome, env: dict[str, Any], bindings: dict[str, Any]):
+                 outcome: Outcome, env: dict[str, Any], bindings: dict[str, Any], judged: list[Check]):
         self.g, self.machine, self.handles = g, machine, handles
+        self.judged = {id(c) for c in judged}  # the checks this backend answers for (backend.judges)
         self.tape, self.outcome = schedule.tape, outcome
         self.env, self.bindings = env, bindings
-        self.always = [c for c in g.checks if c.kind == "always"]
+        self.always = [c for c in judged if c.kind == "always"]
         self.need_old = any("old" in c.expr.names or (c.when and "old" in c.when.names) for c in self.always)
 
     def names(self, state: Mapping[str, Any], step: Mapping[str, Any] | None,
@@ -223,6 +225,8 @@ class _Scheduler:
         env = self.names(out.final_state, None, None)
         try:
             for i, c in enumerate(self.g.checks):
+                if id(c) not in self.judged:
+                    continue
                 if c.kind == "final" and not c.expr.evaluate(env):
                     out.violation = Violation("final", c.message or "the final outcome is wrong", c)
                     return

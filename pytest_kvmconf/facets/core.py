@@ -21,3 +21,8 @@ core.observables.update({
             "step.args, step.result and step.before (the state when it started)",
     "old": "the state before the step just taken (only in `always` checks)",
 })
+core.extra_capabilities.update({
+    "userspace_obligations": "the backend also keeps what the documents oblige userspace to do (a model of "
+                             "a VMM-side check): checks marked obligation = 'userspace' are judged on it; "
+                             "on a KVM backend they are not, as KVM does not enforce them",
+})

@@ -16,7 +16,7 @@ from typing import Any
 from .. import facets
 from .expr import Expr, ExprError, parse
 from .locks import parse_lock_rules
-from .model import CHECK_KINDS, Check, Guarantee, Param, Sequence, Step, Thread
+from .model import CHECK_KINDS, OBLIGATIONS, USERSPACE_CAPABILITY, Check, Guarantee, Param, Sequence, Step, Thread
 from .versions import VersionRange, parse_version
 
 if sys.version_info >= (3, 11):
@@ -52,7 +52,9 @@ THREAD_KEYS = {"name": "thread name", "vcpu": "the vCPU this thread is the threa
                "steps": "array of steps", "sequence": "generated steps"}
 SEQUENCE_KEYS = {"length": "[min, max] number of steps", "choose": "array of step templates"}
 CHECK_KEYS = {**{k: "condition" for k in CHECK_KINDS}, "when": "filter for `always`",
-              "message": "what a violation means"}
+              "message": "what a violation means",
+              "obligation": "who the sentence obliges: 'kvm' (KVM enforces it, the default) or 'userspace' "
+                            "(userspace must; judged only on backends with userspace_obligations)"}
 ENGINE_NAMES = {"threads", "step", "nr_vcpus"}
 
 
@@ -175,6 +177,9 @@ class _Builder:
             if n not in caps:
                 raise self.err("needs", f"unknown capability {n!r}; known: {', '.join(sorted(caps))}")
         needs.update(extra)
+        judged = [c.obligation for c in checks if c.kind != "exists"]
+        if judged and set(judged) == {"userspace"} and raw.get("locks") is None:
+            needs.add(USERSPACE_CAPABILITY)  # nothing in it is KVM's to enforce
         arch = raw.get("arch")
         if arch is not None and arch not in ("x86_64", "arm64", "riscv", "s390"):
             raise self.err("arch", f"unknown architecture {arch!r}; allowed: x86_64, arm64, riscv, s390")
@@ -381,5 +386,11 @@ class _Builder:
             message = c.get("message", "")
             if not isinstance(message, str):
                 raise self.err(f"{key}.message", "a string")
-            out.append(Check(kind, expr, when, message))
+            obligation = c.get("obligation", "kvm")
+            if obligation not in OBLIGATIONS:
+                raise self.err(f"{key}.obligation", f"one of {', '.join(map(repr, OBLIGATIONS))} (got {obligation!r})")
+            if obligation == "userspace" and kind == "exists":
+                raise self.err(f"{key}.obligation", "an `exists` check says what the workload reaches; "
+                                                    "only always/final/never checks carry an obligation")
+            out.append(Check(kind, expr, when, message, obligation))
         return tuple(out)

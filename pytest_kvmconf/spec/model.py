@@ -13,6 +13,11 @@ from .versions import VersionRange
 
 CheckKind = Literal["always", "final", "never", "exists"]
 CHECK_KINDS: tuple[CheckKind, ...] = ("always", "final", "never", "exists")
+#: Who a check's sentence obliges: "kvm" (KVM enforces it) or "userspace" (userspace must do it;
+#: judged only on backends with the userspace_obligations capability, i.e. VMM-side models).
+Obligation = Literal["kvm", "userspace"]
+OBLIGATIONS: tuple[Obligation, ...] = ("kvm", "userspace")
+USERSPACE_CAPABILITY = "userspace_obligations"
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Check:
     expr: Expr
     when: Expr | None = None
     message: str = ""
+    obligation: Obligation = "kvm"
 
 
 @dataclass(frozen=True)

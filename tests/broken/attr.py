@@ -148,16 +148,6 @@ class TimerNotPropagated(ReferenceMachine):
         return [c]
 
 
-class TimerPropagatedToLaterVcpus(ReferenceMachine):
-    """A vCPU created after a timer interrupt was set takes that setting (a VM-wide value)."""
-
-    def _new_vcpu_timer_irqs(self) -> tuple[int, int]:
-        vcpus = getattr(self, "arm_vm", None)
-        if vcpus is None or not vcpus.vcpus:
-            return super()._new_vcpu_timer_irqs()
-        return vcpus.vcpus[0].vtimer, vcpus.vcpus[0].ptimer
-
-
 # The same mistakes in the threaded backend.
 
 class ThreadedTimerIrqAcceptedAfterRun(ThreadedMachine):
@@ -204,7 +194,6 @@ BROKEN: dict[type, str] = {
     WrongDefaults: "ATTR-09",
     CollidingTimersRun: "ATTR-10",
     TimerNotPropagated: "ATTR-11",
-    TimerPropagatedToLaterVcpus: "ATTR-11",
     ThreadedTimerIrqAcceptedAfterRun: "ATTR-08",
     ThreadedSpiSharedByTwoVcpus: "ATTR-05",
 }

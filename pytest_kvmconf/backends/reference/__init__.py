@@ -20,7 +20,7 @@ from .spte import SpteModel
 #: capabilities to CAPABILITIES.
 MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel, AttrModel, MpModel)
 CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "locking", "spte", "attr",
-                          "mp", "system_events"})
+                          "mp", "system_events", "userspace_obligations"})
 
 
 class ReferenceMachine(FacetMachine, *MIXINS):  # type: ignore[misc]

@@ -26,7 +26,7 @@ from .spte import SpteThreads
 #: capabilities to CAPABILITIES.
 MIXINS: tuple[type, ...] = (RequestsThreads, SpteThreads, AttrThreads, LockingThreads, MpThreads)
 CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "spte", "attr", "locking",
-                          "mp", "system_events"})
+                          "mp", "system_events", "userspace_obligations"})
 
 
 class ThreadedMachine(FacetMachine, *MIXINS):  # type: ignore[misc]
