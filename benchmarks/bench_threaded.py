@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 from pytest_kvmconf.backend import ThreadContext  # noqa: E402
 from pytest_kvmconf.backends.reference import ReferenceBackend  # noqa: E402
 from pytest_kvmconf.backends.threaded import ThreadedBackend  # noqa: E402
+from pytest_kvmconf.engine.controlled import ControlledHandle, Group  # noqa: E402
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule  # noqa: E402
-from pytest_kvmconf.engine.threads import ControlledHandle, _Group  # noqa: E402
 from pytest_kvmconf.scheduling import point  # noqa: E402
 from pytest_kvmconf.spec.loader import load_file  # noqa: E402
 from pytest_kvmconf.strategies import schedule_strategy  # noqa: E402
@@ -103,7 +103,7 @@ class _Plan:
 def handoff_us(points: int = 20000) -> float:
     """Microseconds per engine-controlled point, alternating two threads."""
     machine = _Spin(points)
-    group = _Group(5.0)
+    group = Group(5.0)
     handles = [ControlledHandle(group, machine, _Plan(f"t{i}"), lambda ps, a: "spin()",
                                 lambda ps, r: "", False) for i in range(2)]
     start = time.perf_counter()

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from .engine.explore import NothingReached, ViolationFound
+from .errors import ExpectationError, NothingReached, ViolationFound
 from .spec.loader import ID_RE
 
 if sys.version_info >= (3, 11):
@@ -55,14 +55,6 @@ def resolve(name: Path | str) -> Path:
 
 def shipped_names() -> list[str]:
     return sorted(p.stem for p in SHIPPED.glob("*.toml"))
-
-
-class ExpectationError(Exception):
-    """An expectation file that cannot be used; ``str()`` names the file and the key."""
-
-    def __init__(self, file: Path | str, key: str | None, message: str):
-        self.file, self.key, self.message = str(file), key, message
-        super().__init__(f"{file}: key {key}: {message}" if key else f"{file}: {message}")
 
 
 @dataclass(frozen=True)

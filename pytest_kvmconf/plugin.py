@@ -251,6 +251,22 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 pytest_cmdline_main = conformance.pytest_cmdline_main  # --kvm-list
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from .engine import workers
+
+    left = workers.abandoned()
+    if left:
+        terminalreporter.write_line(
+            f"kvmconf: {len(left)} backend thread(s) abandoned after a hang are still running: "
+            f"{', '.join(left)} (daemon threads: they do not keep pytest from exiting)", yellow=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from .engine import workers
+
+    workers.shutdown()  # no pooled worker outlives the session
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash.get(KEY, None)
     if state is None or not state.spec_paths:

@@ -8,11 +8,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from .backend import Backend
+from .errors import BackendError
 from .hookspecs import ENTRY_POINT_GROUP
-
-
-class BackendError(Exception):
-    """The chosen backend cannot be had; the message says why and what exists."""
 
 
 def bundled() -> dict[str, Callable[[], Backend]]:

@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .engine.runner import Outcome
+from .engine.records import Outcome
 from .facets.requests import MODE_NAMES, request_name
 from .spec.model import Param
 

@@ -276,9 +276,9 @@ def test_wait_until_without_a_condition_variable(no_thread_leak: None, free: boo
 
 
 def test_without_worker_reuse_threads_end_with_their_run(monkeypatch) -> None:
-    from pytest_kvmconf.engine import threads
+    from pytest_kvmconf.engine import workers
 
-    monkeypatch.setattr(threads, "WORKER_IDLE", 0)
+    monkeypatch.setattr(workers, "WORKER_IDLE", 0)
     time.sleep(0.3)  # earlier tests' idle workers leave
     before = threading.active_count()
     seen: list[threading.Thread] = []

@@ -33,12 +33,6 @@ class Returned:
     text: str
 
 
-class BackendHang(Exception):
-    """A thread executor's report that a backend thread hung, deadlocked
-    outside the scheduler or died; the message lists every thread's last
-    scheduling point (and stack)."""
-
-
 class Handle:
     """One spec thread as the scheduler sees it."""
 

@@ -9,34 +9,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 
 from ..backend import Backend
+from ..errors import NothingReached, ViolationFound
 from ..spec.model import Guarantee
 from ..strategies import schedule_strategy
-from .runner import Outcome, RunOptions, run_schedule
+from .records import Outcome
+from .runner import RunOptions, run_schedule
 from .schedule import Schedule
 
 #: Free mode runs each example's threads this many times: races the points do not model need
 #: repetition to show.
 FREE_ITERATIONS = 3
-
-
-class ViolationFound(AssertionError):
-    """A schedule broke the guarantee; carries the (shrunk) outcome."""
-
-    def __init__(self, outcome: Outcome):
-        self.outcome = outcome
-        self.stats: Stats | None = None
-        v = outcome.violation
-        super().__init__(f"{outcome.guarantee.id}: {v.kind if v else '?'}: {v.message if v else ''}")
-
-
-class NothingReached(AssertionError):
-    """An `exists` check that no schedule satisfied."""
-
-    def __init__(self, g: Guarantee, examples: int, last: Outcome | None):
-        self.guarantee, self.examples, self.last = g, examples, last
-        self.stats: Stats | None = None
-        checks = [str(c.expr) for c in g.checks if c.kind == "exists"]
-        super().__init__(f"{g.id}: none of {examples} schedules reached: {'; '.join(checks)}")
 
 
 @dataclass

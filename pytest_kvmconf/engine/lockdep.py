@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from ..spec.locks import LockRules
     from ..spec.model import Guarantee
-    from .runner import Violation
+
+from .records import Violation
 
 #: The SRCU whose read side and synchronize_srcu() locking.rst orders against mutexes.
 SRCU = "kvm->srcu"
@@ -321,8 +322,6 @@ def judge(g: Guarantee, state: Mapping[str, Any] | None) -> Violation | None:
     rules = getattr(g, "locks", None)
     if rules is None:
         return None
-    from .runner import Violation
-
     if state is None or "lock_events" not in state:
         return Violation("error", "the guarantee has lock rules but the backend's observe() returns no "
                                   "lock_events (record acquisitions with engine.lockdep.LockRecorder)")

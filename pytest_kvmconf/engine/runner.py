@@ -11,50 +11,19 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import facets
 from ..backend import Backend, MachineConfig, default_arch, judges
+from ..errors import BackendHang, EvalError
 from ..facets.requests import request_name
-from ..spec.expr import EvalError, Expr
+from ..spec.expr import Expr
 from ..spec.model import Check, Guarantee
 from . import lockdep
-from .executor import BackendHang, GeneratorHandle, Handle
+from .executor import GeneratorHandle, Handle
 from .plan import PlannedStep, make_plans
+from .records import Entry, Outcome, Violation
 from .schedule import Chooser, Schedule
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One advance of one thread: the timeline's row."""
-
-    index: int
-    thread: str
-    texts: tuple[str, ...]
-
-
-@dataclass
-class Violation:
-    #: always, final, never, deadlock, livelock, error, hang
-    kind: str
-    message: str
-    check: Check | None = None
-    at: int | None = None  # timeline index where an `always` check failed
-
-
-@dataclass
-class Outcome:
-    guarantee: Guarantee
-    schedule: Schedule
-    params: dict[str, Any]
-    threads: list[str]
-    timeline: list[Entry]
-    final_state: Mapping[str, Any] | None
-    violation: Violation | None = None
-    #: indices of `exists` checks this schedule satisfied.
-    reached: set[int] = field(default_factory=set)
-    positions: list[str] = field(default_factory=list)
 
 
 class RunOptions:
@@ -102,6 +71,11 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
         for h in handles:
             h.close()
         machine.close()
+    left = [f"kvmconf:{h.name}" for h in handles if getattr(h, "abandoned", False)]
+    if left and outcome.violation is not None:
+        outcome.violation.message += (
+            f"\nAbandoned OS thread(s) still inside the backend: {', '.join(left)} (daemon threads that "
+            "take no further work: they cannot keep pytest from exiting)")
     return outcome
 
 

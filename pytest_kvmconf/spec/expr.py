@@ -20,13 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-
-class ExprError(ValueError):
-    """A condition that cannot be parsed or uses something not allowed."""
-
-
-class EvalError(ValueError):
-    """A condition that failed while being evaluated (bad index, type...)."""
+from ..errors import EvalError, ExprError
 
 
 def _count(iterable: Any) -> int:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import facets
-from .expr import Expr, ExprError, parse
+from ..errors import ExprError, SpecError
+from .expr import Expr, parse
 from .locks import parse_lock_rules
 from .model import CHECK_KINDS, OBLIGATIONS, USERSPACE_CAPABILITY, Check, Guarantee, Param, Sequence, Step, Thread
 from .versions import VersionRange, parse_version
@@ -58,17 +59,6 @@ CHECK_KEYS = {**{k: "condition" for k in CHECK_KINDS}, "when": "filter for `alwa
 ENGINE_NAMES = {"threads", "step", "nr_vcpus"}
 
 
-class SpecError(Exception):
-    """A spec file that cannot be used; ``str()`` is the whole message."""
-
-    def __init__(self, file: Path | str, gid: str | None, key: str | None, message: str):
-        self.file, self.gid, self.key, self.message = str(file), gid, key, message
-        where = [self.file]
-        if gid:
-            where.append(f"guarantee {gid}")
-        if key:
-            where.append(f"key {key}")
-        super().__init__(f"{': '.join(where)}: {message}")
 
 
 def load_files(paths: Iterable[Path]) -> list[Guarantee]:
