@@ -19,14 +19,14 @@ from ...backend import MachineConfig
 from ...spec.expr import Expr
 from ...spec.model import Guarantee
 from ...spec.versions import KNOWN_VERSIONS, VersionRange
-from . import guest, probe
+from . import guest, memory, probe
 from .machine import KvmMachine
 
 
 class KvmBackend:
     name = "kvm"
     description = "the running kernel through /dev/kvm (x86_64 real-mode guests, one thread per vCPU)"
-    capabilities = frozenset({"mp"})
+    capabilities = frozenset({"mp", "memslots"})
     doc_versions = VersionRange(KNOWN_VERSIONS[0])
 
     def __init__(self, execution: str = "threads"):
@@ -49,6 +49,7 @@ class KvmBackend:
         options = dict(g.machine)
         if options.get("irqchip", False) is not False and probe.IRQCHIP_CAP[0] not in caps:
             needed.append(probe.IRQCHIP_CAP[1])
+        needed += memory.missing_caps(options, ops)
         if needed:
             return f"the kernel lacks {', '.join(needed)}"
         if "suppress_wakeup" in ops:

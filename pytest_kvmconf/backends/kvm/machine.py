@@ -34,6 +34,7 @@ from ...backend import MachineConfig, ThreadContext
 from ...facets.mp import MP_STATE_NAMES
 from ...scheduling import Point, Wait, point
 from . import guest, uapi
+from .memory import MEMORY_OPTIONS, MemoryOps
 from .vm import RunTicket, Vm
 
 Steps = Generator[Point | Wait, None, Any]
@@ -48,10 +49,10 @@ ENTER_TIMEOUT = 2.0
 GRACE = 0.25
 
 OPTIONS = {"irqchip": "KVM_CREATE_IRQCHIP before the vCPUs (bool)",
-           "program": f"guest program: one of {', '.join(guest.PROGRAMS)}"}
+           "program": f"guest program: one of {', '.join(guest.PROGRAMS)}", **MEMORY_OPTIONS}
 
 
-class KvmMachine:
+class KvmMachine(MemoryOps):
     execution = "threads"
 
     def __init__(self, config: MachineConfig, execution: str = "threads"):
@@ -74,7 +75,14 @@ class KvmMachine:
         self.signals = [0] * n
         self.wakeups = [0] * n
         self.suspend_enabled = False
-        self.vm = Vm(n, self.irqchip, self.program, self._notify)
+        self.vm = None
+        self._memory_init(config)
+        try:
+            self.vm = Vm(n, self.irqchip, self.program, self._notify, before_vcpus=self._memory_before_vcpus)
+            self._memory_after_vcpus()
+        except BaseException:
+            self.close()
+            raise
 
     # -- the engine's side ------------------------------------------------------
     def run_op(self, ctx: ThreadContext, op: str, args: Mapping[str, Any]) -> Any:
@@ -114,10 +122,14 @@ class KvmMachine:
                 "guest_progress": self.vm.progress(i),
             })
         return {"mp": vcpus, "mp_vm": {"arch": "x86_64", "irqchip": self.irqchip, "program": self.program,
-                                       "system_suspend": self.suspend_enabled}}
+                                       "system_suspend": self.suspend_enabled}, **self._memory_observe()}
 
     def close(self) -> None:
-        self.vm.close()
+        try:
+            self._memory_close()
+        finally:
+            if self.vm is not None:
+                self.vm.close()
 
     def _notify(self) -> None:
         with self.cond:

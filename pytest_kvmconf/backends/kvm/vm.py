@@ -252,7 +252,8 @@ class Vcpu:
 class Vm:
     """/dev/kvm, one VM with 64 KiB of RAM holding a guest program, and its vCPUs."""
 
-    def __init__(self, nr_vcpus: int, irqchip: bool, program: str, on_return: Callable[[], None]):
+    def __init__(self, nr_vcpus: int, irqchip: bool, program: str, on_return: Callable[[], None],
+                 before_vcpus: Callable[[Vm], None] | None = None):
         self.irqchip = irqchip
         self.kvm_fd = self.fd = -1
         self.ram = 0
@@ -270,6 +271,8 @@ class Vm:
             region = uapi.kvm_userspace_memory_region(slot=0, flags=0, guest_phys_addr=0,
                                                       memory_size=guest.RAM_SIZE, userspace_addr=self.ram)
             uapi.ioctl(self.fd, uapi.KVM_SET_USER_MEMORY_REGION, region, "KVM_SET_USER_MEMORY_REGION")
+            if before_vcpus is not None:  # VM-wide set-up that must precede KVM_CREATE_VCPU (the dirty ring)
+                before_vcpus(self)
             for i in range(nr_vcpus):
                 self.vcpus.append(Vcpu(self, i, on_return))
         except BaseException:
