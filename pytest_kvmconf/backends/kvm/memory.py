@@ -285,10 +285,13 @@ class MemoryOps:
     def op_start_guests(self) -> Steps:
         for i, v in enumerate(self._vcpus()):
             if i not in self.loops:
-                self.loops[i] = RunLoop(self, v)
+                self.loops[i] = self._new_loop(v)
         self.final_harvest = False
         self._wait_for("the guests to start", lambda: all(memguest.gen(self.vm.ram, i) > 0 for i in self.loops))
         yield Point(f"run loops of vcpu {', '.join(map(str, self.loops))} started; the guests write")
+
+    def _new_loop(self, v: Any) -> RunLoop:
+        return RunLoop(self, v)
 
     def op_stop_guests(self) -> Steps:
         for i in sorted(self.loops):
@@ -396,7 +399,7 @@ class MemoryOps:
             if self.data_mode == "dirty_ring":
                 self._map_ring(box[0])
             if self.loops:
-                self.loops[index] = RunLoop(self, box[0])
+                self.loops[index] = self._new_loop(box[0])
         yield Point(f"KVM_CREATE_VCPU({index}) {'returned' if box else 'did not return'}")
 
     def op_vcpu_ioctl(self, vcpu: int) -> Steps:
