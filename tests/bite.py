@@ -30,6 +30,15 @@ def guarantees() -> dict[str, Guarantee]:
     return {g.id: g for g in load_files(spec_files([SPECS]))}
 
 
+#: Facets only a backend running real guests has: the models skip their specs by capability.
+LIVE_ONLY = frozenset({"memslots"})
+
+
+def model_ids(prefix: str) -> list[str]:
+    """The ids starting with ``prefix`` that the models run (the live-only projections aside)."""
+    return sorted(gid for gid, g in guarantees().items() if gid.startswith(prefix) and not g.needs & LIVE_ONLY)
+
+
 def applicable(g: Guarantee, backend: Backend, doc_version: str = NEWEST) -> bool:
     return g.versions.contains(doc_version) and skip_reason(backend, g.needs, g.arch, doc_version) is None
 

@@ -24,10 +24,10 @@ from pytest_kvmconf.spec.loader import SpecError, load_file
 from pytest_kvmconf.spec.locks import LockRules
 from pytest_kvmconf.strategies import schedule_strategy
 
-from .bite import BUDGET, applicable, guarantees, verdict
+from .bite import BUDGET, applicable, guarantees, model_ids, verdict
 from .broken.locking import VARIANTS, backend
 
-LOCK_IDS = sorted(g for g in guarantees() if g.startswith("LOCK-"))
+LOCK_IDS = model_ids("LOCK-")
 TEXTS = ("6.8", "6.12", "6.18")
 
 

@@ -6,10 +6,10 @@ import pytest
 
 from pytest_kvmconf.backends.reference import ReferenceBackend
 
-from .bite import BUDGET, applicable, guarantees, verdict
+from .bite import BUDGET, applicable, guarantees, model_ids, verdict
 from .broken.requests import VARIANTS, backend
 
-REQ_IDS = sorted(g for g in guarantees() if g.startswith("REQ-"))
+REQ_IDS = model_ids("REQ-")
 
 
 def doc_version_for(gid: str) -> str:

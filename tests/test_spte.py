@@ -17,10 +17,10 @@ from pytest_kvmconf.engine.schedule import Schedule
 from pytest_kvmconf.spec.versions import NEWEST
 from pytest_kvmconf.strategies import schedule_strategy
 
-from .bite import BUDGET, applicable, guarantees, verdict
+from .bite import BUDGET, applicable, guarantees, model_ids, verdict
 from .broken.spte import BROKEN, IndirectFastPathUnpinned, NonAtomicClearTrackBits, backend
 
-SPTE_IDS = sorted(g for g in guarantees() if g.startswith("SPTE-"))
+SPTE_IDS = model_ids("SPTE-")
 
 
 class PinningMachine(ReferenceMachine):

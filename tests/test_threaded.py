@@ -27,10 +27,10 @@ from pytest_kvmconf.facets.requests import KVM_REQ_TLB_FLUSH
 from pytest_kvmconf.scheduling import point, wait_until
 from pytest_kvmconf.strategies import schedule_strategy
 
-from .bite import BUDGET, applicable, guarantees, verdict
+from .bite import BUDGET, applicable, guarantees, model_ids, verdict
 from .broken.threaded import FREE_ONLY, VARIANTS, backend
 
-REQ_IDS = sorted(g for g in guarantees() if g.startswith("REQ-"))
+REQ_IDS = model_ids("REQ-")
 
 
 def doc_version_for(gid: str) -> str:
