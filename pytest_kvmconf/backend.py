@@ -40,6 +40,8 @@ class MachineConfig:
     #: The capabilities the guarantee uses: a backend may leave the rest of its state out of
     #: observe() (empty: observe everything).
     needs: frozenset[str] = frozenset()
+    #: The memory model the machine's shared accesses run under (engine.memory).
+    memory_model: str = "sc"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,23 @@ def skip_reason(backend: Backend, needs: frozenset[str], arch: str | None, doc_v
                 f"{', '.join(sorted(backend.archs))}")
     if not backend.doc_versions.contains(doc_version):
         return f"backend {backend.name!r} implements document versions {backend.doc_versions}, not {doc_version}"
+    return None
+
+
+def memory_skip_reason(backend: Backend, gid: str, assumed: tuple[str, ...], model: str,
+                       free: bool = False) -> str | None:
+    """Why a guarantee stated for the memory models ``assumed`` is not checked under ``model``."""
+    if model == "sc":
+        return None
+    if model not in assumed:
+        return f"{gid}'s document assumes the memory model {' or '.join(assumed)}, not {model}"
+    supported = getattr(backend, "memory_models", ("sc",))
+    if model not in supported:
+        return (f"backend {backend.name!r} does not simulate the {model} memory model "
+                f"(it supports {', '.join(supported)})")
+    if free:
+        return (f"the {model} memory model is simulated by the engine's scheduler (store buffers "
+                "drained at scheduling points); free runs are not scheduled by it")
     return None
 
 

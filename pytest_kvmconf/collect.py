@@ -57,7 +57,8 @@ class GuaranteeItem(pytest.Item):
         if reason:
             # The skip points at the guarantee in its spec file, not at this line.
             raise pytest.skip.Exception(reason, _use_item_location=True)
-        options = RunOptions(run.doc_version, free=run.free, point_timeout=run.point_timeout)
+        options = RunOptions(run.doc_version, free=run.free, point_timeout=run.point_timeout,
+                             memory_model=run.memory_model)
         if run.replay is not None:
             replay(g, backend, options, run.replay)
             return

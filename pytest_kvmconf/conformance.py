@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from . import __version__
-from .backend import skip_reason
+from .backend import memory_skip_reason, skip_reason
 from .expectations import NO_LONGER, plugin_of
 from .session import RunState, state_of
 from .spec.loader import SpecError, load_file, spec_files
@@ -76,7 +76,7 @@ def why_not(g: Guarantee, run: RunState) -> str | None:
     reason = skip_reason(backend, g.needs, g.arch, run.doc_version)
     if reason is None and hasattr(backend, "skip_reason"):
         reason = backend.skip_reason(g)
-    return reason or None
+    return reason or memory_skip_reason(backend, g.id, g.memory_models, run.memory_model, run.free)
 
 
 class RecordPlugin:

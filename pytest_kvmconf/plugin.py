@@ -10,6 +10,7 @@ from . import conformance, expectations, hookspecs, profiles
 from .collect import SpecFile, replay_schedule
 from .registry import BackendError, bundled, entry_point_backends, resolve
 from .session import KEY, RunState, state_of
+from .spec.model import MEMORY_MODELS
 from .spec.versions import KNOWN_VERSIONS, NEWEST, parse_version
 
 DEFAULT_BACKEND = "reference"
@@ -49,6 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kvm-point-timeout", dest="kvm_point_timeout", type=float, default=5.0,
                     metavar="SECONDS",
                     help="thread backends: how long one step may take before it counts as a hang")
+    group.addoption("--kvm-memory-model", dest="kvm_memory_model", default=None, choices=MEMORY_MODELS,
+                    help="how the backend's modelled shared accesses behave: sc (sequentially "
+                         "consistent, default), tso (x86 store buffers) or lkmm (the Linux kernel "
+                         "memory model, the subset in docs/memory-models.md). Ini: kvm_memory_model")
+    parser.addini("kvm_memory_model", "memory model: sc, tso or lkmm", default="sc")
     parser.addini("kvm_specs", "folders of spec files to run", type="paths", default=[])
     parser.addini("kvm_backend", f"default backend ({DEFAULT_BACKEND} when unset)", default="")
     parser.addini("kvm_bundled_specs", "run the bundled specs beside kvm_specs (default true)", type="bool",
@@ -152,6 +158,10 @@ def pytest_configure(config: pytest.Config) -> None:
         parse_version(doc_version)
     except ValueError as exc:
         raise pytest.UsageError(f"--kvm-doc-version: {exc}") from None
+    memory_model = opt.kvm_memory_model or config.getini("kvm_memory_model") or "sc"
+    if memory_model not in MEMORY_MODELS:
+        raise pytest.UsageError(f"kvm_memory_model = {memory_model!r} in the ini file: choose one of "
+                                f"{', '.join(MEMORY_MODELS)}")
     replay = None
     if opt.kvm_replay:
         try:
@@ -168,6 +178,7 @@ def pytest_configure(config: pytest.Config) -> None:
         replay=replay,
         free=opt.kvm_schedule == "free",
         point_timeout=opt.kvm_point_timeout,
+        memory_model=memory_model,
         base_args=_base_args(config),
         invocation_dir=str(config.invocation_params.dir),
     )
@@ -272,8 +283,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if state is None or not state.spec_paths:
         return []
     mode = "free (preemptive)" if state.free else "controlled"
+    model = "" if state.memory_model == "sc" else f", memory model {state.memory_model}"
     return [f"kvmconf: backend {state.backend_name}, document text {state.doc_version}, "
-            f"profile {profiles.describe(config)}, schedule {mode}",
+            f"profile {profiles.describe(config)}, schedule {mode}{model}",
             "kvmconf: specs " + ", ".join(str(p) for p in state.spec_paths)]
 
 

@@ -23,6 +23,7 @@ class RunState:
     replay: Schedule | None = None
     free: bool = False
     point_timeout: float = 5.0
+    memory_model: str = "sc"
     base_args: list[str] = field(default_factory=list)
     invocation_dir: str = "."
     seen_ids: dict[str, Path] = field(default_factory=dict)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..backend import MachineConfig, ThreadContext
+from ..engine.memory import Memory
 from ..spec.versions import KNOWN_VERSIONS, VersionRange
 
 
@@ -22,6 +23,8 @@ class FacetMachine:
 
     def __init__(self, config: MachineConfig):
         self.config = config
+        #: the shared memory the facets' modelled accesses and barriers go through.
+        self.memory = Memory(config.memory_model)
         for name in _hooks(type(self), "init_"):
             getattr(self, name)(config)
 

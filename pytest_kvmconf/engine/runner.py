@@ -29,10 +29,13 @@ from .schedule import Chooser, Schedule
 class RunOptions:
     """How to run: the document version, and the thread executor's settings."""
 
-    def __init__(self, doc_version: str, free: bool = False, point_timeout: float = 5.0):
+    def __init__(self, doc_version: str, free: bool = False, point_timeout: float = 5.0,
+                 memory_model: str = "sc"):
         self.doc_version = doc_version
         self.free = free
         self.point_timeout = point_timeout
+        #: sc, tso or lkmm: how the backend's shared accesses behave (engine.memory).
+        self.memory_model = memory_model
 
 
 def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: RunOptions) -> Outcome:
@@ -48,7 +51,7 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
                 bindings[s.bind] = None
     machine_options = {k: (v.evaluate(env) if isinstance(v, Expr) else v) for k, v in g.machine}
     config = MachineConfig(nr_vcpus, default_arch(backend, g.arch), options.doc_version,
-                           machine_options, options.free, g.needs)
+                           machine_options, options.free, g.needs, options.memory_model)
     plans = make_plans(g, schedule, nr_vcpus, env, bindings)
     outcome = Outcome(g, schedule, params, [p.name for p in plans], [], None)
     machine = backend.new_machine(config)
@@ -145,9 +148,18 @@ class _Scheduler:
         current: Handle | None = None
         chooser = Chooser(self.tape)
         state = self.machine.observe() if self.need_old else None
+        # tso/lkmm: buffered stores and stale copies are runnable entities beside the threads,
+        # so when they take effect is a decision on the same tape (engine.memory).
+        memory = getattr(self.machine, "memory", None)
+        if memory is not None and not memory.weak:
+            memory = None
+        if memory is not None:
+            memory.start({h.name: h.vcpu for h in handles})
         try:
             while True:
                 runnable = [h for h in handles if not h.done and h.runnable()]
+                if memory is not None:
+                    runnable += memory.events({h.name for h in runnable})
                 if not runnable:
                     break
                 if current is not None and current.returned is not None and current in runnable:
@@ -157,9 +169,17 @@ class _Scheduler:
                 else:
                     h = chooser.pick(runnable, current)
                 old = state
-                h.advance()
-                current = h
-                out.timeline.append(Entry(len(out.timeline) + 1, h.name, tuple(h.texts)))
+                if memory is None:
+                    h.advance()
+                    current = h
+                    out.timeline.append(Entry(len(out.timeline) + 1, h.name, tuple(h.texts)))
+                else:
+                    memory.cpu = h.name
+                    h.advance()
+                    if h in handles:  # after a store drains, the thread that ran goes on
+                        current = h
+                    out.timeline.append(Entry(len(out.timeline) + 1, h.name,
+                                              (*h.texts, *memory.take_notes())))
                 if len(out.timeline) > self.g.max_steps:
                     out.violation = Violation(
                         "livelock", f"no end after {self.g.max_steps} scheduling points "

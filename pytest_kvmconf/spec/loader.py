@@ -17,7 +17,18 @@ from .. import facets
 from ..errors import ExprError, SpecError
 from .expr import Expr, parse
 from .locks import parse_lock_rules
-from .model import CHECK_KINDS, OBLIGATIONS, USERSPACE_CAPABILITY, Check, Guarantee, Param, Sequence, Step, Thread
+from .model import (
+    CHECK_KINDS,
+    MEMORY_MODELS,
+    OBLIGATIONS,
+    USERSPACE_CAPABILITY,
+    Check,
+    Guarantee,
+    Param,
+    Sequence,
+    Step,
+    Thread,
+)
 from .versions import VersionRange, parse_version
 
 if sys.version_info >= (3, 11):
@@ -45,6 +56,7 @@ GUARANTEE_KEYS = {
     "check": "array of checks",
     "max_steps": "bound on scheduling points of one schedule",
     "locks": "documented locking rules judged by lockdep (order, leaves, not_in_srcu, protects...)",
+    "memory_models": "memory models the document's statement assumes: a list of sc, tso, lkmm (default all)",
 }
 PARAM_KINDS = {"range": "[low, high] integers", "choice": "[values...]",
                "from": "name of a named set", "bool": "true"}
@@ -176,6 +188,7 @@ class _Builder:
         max_steps = raw.get("max_steps", 2000)
         if not isinstance(max_steps, int) or max_steps < 1:
             raise self.err("max_steps", "a positive integer")
+        memory_models = self.memory_models(raw.get("memory_models", list(MEMORY_MODELS)))
         area = self.doc["area"]
         return Guarantee(
             id=self.gid, title=raw["title"].strip(), file=self.path, document=self.doc["file"],
@@ -184,7 +197,16 @@ class _Builder:
             params=tuple(self.params.values()), threads=threads, checks=checks,
             max_steps=max_steps, markers=(area, *sorted(f"needs_{n}" for n in needs)),
             locks=parse_lock_rules(self, raw.get("locks")),
+            memory_models=memory_models,
         )
+
+    def memory_models(self, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
+            raise self.err("memory_models", f"a non-empty list of memory models ({', '.join(MEMORY_MODELS)})")
+        for m in value:
+            if m not in MEMORY_MODELS:
+                raise self.err("memory_models", f"unknown memory model {m!r}; known: {', '.join(MEMORY_MODELS)}")
+        return tuple(m for m in MEMORY_MODELS if m in value)
 
     def table(self, key: str) -> Mapping[str, Any]:
         value = self.raw.get(key, {})

@@ -18,6 +18,9 @@ CHECK_KINDS: tuple[CheckKind, ...] = ("always", "final", "never", "exists")
 Obligation = Literal["kvm", "userspace"]
 OBLIGATIONS: tuple[Obligation, ...] = ("kvm", "userspace")
 USERSPACE_CAPABILITY = "userspace_obligations"
+#: The memory models a run may simulate (engine.memory), strongest first: what holds under one
+#: holds under those before it.
+MEMORY_MODELS = ("sc", "tso", "lkmm")
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class Guarantee:
     markers: tuple[str, ...] = field(default=())
     #: the [guarantee.locks] rules, judged by engine.lockdep after the run.
     locks: LockRules | None = None
+    #: the memory models (engine.memory.MODELS) under which the document states it.
+    memory_models: tuple[str, ...] = MEMORY_MODELS
 
     @property
     def has_exists(self) -> bool:

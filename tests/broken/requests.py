@@ -330,7 +330,7 @@ class PirOnAfterModeRead(ReferenceMachine):
         v = self.vcpus[vcpu]
         in_guest_mode = v.mode == IN_GUEST_MODE
         yield Point(f"READ vcpu->mode: {'IN' if in_guest_mode else 'not IN'}_GUEST_MODE")
-        v.pir.add(vector)
+        v.pir = v.pir | {vector}
         v.pir_on = True
         yield Point("pi_test_and_set_on()")
         if in_guest_mode:

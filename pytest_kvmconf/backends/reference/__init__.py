@@ -34,4 +34,6 @@ class ReferenceBackend(FacetBackend):
     name = "reference"
     description = "the executable model of the KVM documents (generator scheduling points)"
     capabilities = CAPABILITIES
+    #: the requests facet routes its barrier pairings through engine.memory.
+    memory_models = ("sc", "tso", "lkmm")
     machine_class: type = ReferenceMachine

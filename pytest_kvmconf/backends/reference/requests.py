@@ -5,6 +5,14 @@ Every action the document orders against another thread is followed by a
 scheduling point (``yield Point``), so the engine can interleave other threads
 exactly there. Each method is small and named after the kernel function it
 models, so a broken variant overrides one of them.
+
+The accesses the document's barrier pairings order (``vcpu->requests``,
+``vcpu->mode``, the request's associated state, the posted-interrupt
+descriptor) and the barriers themselves go through ``self.memory``
+(:mod:`pytest_kvmconf.engine.memory`) with the kernel's names, so that under
+``--kvm-memory-model=tso|lkmm`` they are buffered and reordered as the
+hardware or the kernel memory model allows. The rest (interrupt flag, wait
+queue, counters) is per-CPU or lock-protected state and stays plain.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...backend import MachineConfig, ThreadContext
+from ...engine.memory import SharedMap
 from ...facets.requests import (
     EXITING_GUEST_MODE,
     IN_GUEST_MODE,
@@ -63,10 +72,17 @@ class VCpu:
     signal_pending: bool = False
     block_result: str | None = None
     tlb_gen: int = 0  # the flush generation this vCPU's TLB is clean for
-    pir: set[int] = field(default_factory=set)
+    pir: frozenset[int] = frozenset()
     pir_on: bool = False
     pi_notification: bool = False
     irr: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.request_state = SharedMap(f"vcpu{self.id}->request_state")
+
+    @property
+    def mem_name(self) -> str:
+        return f"vcpu{self.id}"
 
     def view(self) -> dict[str, Any]:
         return vcpu_view(self, self.requests, self.mode)
@@ -101,40 +117,46 @@ class RequestsModel:
             raise ValueError("kvm_make_request() of a NO_ACTION request is a build error in KVM")
         v = self.vcpus[vcpu]
         if state is not None:
-            v.request_state[req & KVM_REQUEST_MASK] = state
+            self.memory.write_once(v.request_state, req & KVM_REQUEST_MASK, state)
             yield Point(f"WRITE request state = {state}")
         yield from self._set_request_bit(v, req)
 
     def _set_request_bit(self, v: VCpu, req: int) -> Steps:
-        # smp_wmb(); set_bit(req & KVM_REQUEST_MASK, &vcpu->requests)
-        v.requests |= 1 << (req & KVM_REQUEST_MASK)
+        """__kvm_make_request(): the smp_wmb() pairs with kvm_check_request()'s barrier."""
+        self.memory.smp_wmb()
+        self.memory.set_bit(v, "requests", req & KVM_REQUEST_MASK)
         yield Point(f"smp_wmb(); set_bit({self.name(req)}) on vcpu{v.id}")
 
+    def _check_request(self, v: VCpu, nr: int) -> bool:
+        """kvm_check_request(): test_bit(), then clear_bit() and the barrier that pairs with
+        kvm_make_request()'s smp_wmb(), so the caller sees the request's state."""
+        if not self.memory.read_once(v, "requests") >> nr & 1:
+            return False
+        self.memory.clear_bit(v, "requests", nr)
+        self.memory.smp_mb__after_atomic()
+        return True
+
     def kvm_check_request(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
-        v = self.vcpus[vcpu]
-        bit = 1 << (req & KVM_REQUEST_MASK)
-        pending = bool(v.requests & bit)
-        if pending:
-            v.requests &= ~bit
+        pending = self._check_request(self.vcpus[vcpu], req & KVM_REQUEST_MASK)
         yield Point(f"kvm_check_request({self.name(req)}) = {str(pending).lower()}")
         return pending
 
     def kvm_test_request(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
-        pending = bool(self.vcpus[vcpu].requests & (1 << (req & KVM_REQUEST_MASK)))
+        pending = bool(self.memory.read_once(self.vcpus[vcpu], "requests") >> (req & KVM_REQUEST_MASK) & 1)
         yield Point(f"kvm_test_request({self.name(req)}) = {str(pending).lower()}")
         return pending
 
     def kvm_clear_request(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
-        self.vcpus[vcpu].requests &= ~(1 << (req & KVM_REQUEST_MASK))
+        self.memory.clear_bit(self.vcpus[vcpu], "requests", req & KVM_REQUEST_MASK)
         yield Point(f"clear_bit({self.name(req)})")
 
     def kvm_request_pending(self, ctx: ThreadContext, vcpu: int) -> Steps:
-        pending = self.vcpus[vcpu].requests != 0
+        pending = self.memory.read_once(self.vcpus[vcpu], "requests") != 0
         yield Point(f"kvm_request_pending() = {str(pending).lower()}")
         return pending
 
     def read_request_state(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
-        value = self.vcpus[vcpu].request_state.get(req & KVM_REQUEST_MASK)
+        value = self.memory.read_once(self.vcpus[vcpu].request_state, req & KVM_REQUEST_MASK)
         yield Point(f"READ request state = {value}")
         return value
 
@@ -148,7 +170,10 @@ class RequestsModel:
             v.ipis_pending += 1
 
     def _take_ipis(self, v: VCpu) -> None:
-        """local_irq_enable() on the vCPU thread: pending IPIs are handled (acknowledged)."""
+        """local_irq_enable() on the vCPU thread: pending IPIs are handled (acknowledged). Taking an
+        interrupt serializes the CPU: the handler sees what the sender wrote before the IPI."""
+        if v.ipis_pending or v.pi_notification:
+            self.memory.smp_mb()
         v.acks += v.ipis_pending
         v.ipis_pending = 0
         if v.pi_notification:
@@ -156,14 +181,16 @@ class RequestsModel:
             v.pi_notification = False
 
     def _exiting_guest_mode(self, v: VCpu) -> int:
-        """kvm_vcpu_exiting_guest_mode(): cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE)."""
-        old = v.mode
-        if old == IN_GUEST_MODE:
-            v.mode = EXITING_GUEST_MODE
-        return old
+        """kvm_vcpu_exiting_guest_mode(): smp_mb__before_atomic(); cmpxchg(mode, IN_GUEST_MODE,
+        EXITING_GUEST_MODE). The barrier orders the request bit before the read of the mode: it
+        pairs with the smp_mb() after setting IN_GUEST_MODE."""
+        self.memory.smp_mb__before_atomic()
+        return self.memory.cmpxchg(v, "mode", IN_GUEST_MODE, EXITING_GUEST_MODE)
 
     def _wake_up(self, v: VCpu) -> bool:
-        """kvm_vcpu_wake_up(): wake the task waiting on the vCPU's rcuwait, if any."""
+        """kvm_vcpu_wake_up(): wake the task waiting on the vCPU's rcuwait, if any. rcuwait_wake_up()
+        starts with smp_mb(): the waker's writes are visible to the woken task's check."""
+        self.memory.smp_mb()
         if not v.sleeping:
             return False
         if not v.woken:
@@ -178,9 +205,9 @@ class RequestsModel:
             yield Point(f"kvm_vcpu_wake_up(vcpu{vcpu}): woke it")
             return
         if ctx.vcpu == vcpu:
-            if v.mode == IN_GUEST_MODE:
-                v.mode = EXITING_GUEST_MODE
-            v.kicks.append((v.mode, -1, "none"))
+            if self.memory.read_once(v, "mode") == IN_GUEST_MODE:
+                self.memory.write_once(v, "mode", EXITING_GUEST_MODE)
+            v.kicks.append((self.memory.read_once(v, "mode"), -1, "none"))
             yield Point("kick from the vCPU's own thread: no IPI")
             return
         old = self._exiting_guest_mode(v)
@@ -249,29 +276,45 @@ class RequestsModel:
     # -- posted interrupts --------------------------------------------------
     def post_interrupt(self, ctx: ThreadContext, vcpu: int, vector: int = 32) -> Steps:
         v = self.vcpus[vcpu]
-        v.pir.add(vector)
-        v.pir_on = True
+        self._pi_set_pir_and_on(v, vector)
         yield Point(f"pi_test_and_set_pir({vector}); pi_test_and_set_on()")
         yield from self._pi_notify(v)
 
+    def _pi_set_pir_and_on(self, v: VCpu, vector: int) -> None:
+        """Value-returning atomics: fully ordered, so PIR.ON is set before vcpu->mode is read (the
+        barrier pairs with the smp_mb() after setting IN_GUEST_MODE)."""
+        self.memory.rmw(v, "pir", lambda pir: pir | {vector}, f"pi_test_and_set_pir({vector})")
+        self.memory.rmw(v, "pir_on", lambda on: True, "pi_test_and_set_on()")
+
     def _pi_notify(self, v: VCpu) -> Steps:
-        if v.mode == IN_GUEST_MODE:
+        mode = self.memory.read_once(v, "mode")
+        if mode == IN_GUEST_MODE:
             self._send_pi_notification(v)
             yield Point(f"vcpu{v.id} IN_GUEST_MODE: notification IPI sent")
         else:
-            yield Point(f"vcpu{v.id} mode {MODE_NAMES[v.mode]}: no notification, the vCPU syncs PIR at entry")
+            yield Point(f"vcpu{v.id} mode {MODE_NAMES[mode]}: no notification, the vCPU syncs PIR at entry")
 
     def _send_pi_notification(self, v: VCpu) -> None:
         if v.in_guest:
-            self._sync_pir_to_irr(v)  # the CPU processes the posted interrupt in guest mode
+            self._process_posted_interrupts(v)
         else:
             v.pi_notification = True  # taken when interrupts are enabled at entry
 
-    def _sync_pir_to_irr(self, v: VCpu) -> None:
+    def _process_posted_interrupts(self, v: VCpu) -> None:
+        """The CPU, in guest mode, takes the notification: it moves PIR to IRR atomically, from memory."""
         if v.pir_on:
             v.pir_on = False
             v.irr |= v.pir
-            v.pir = set()
+            v.pir = frozenset()
+
+    def _sync_pir_to_irr(self, v: VCpu) -> None:
+        """vmx_sync_pir_to_irr(): pi_test_on(); pi_clear_on(); smp_mb__after_atomic(); then PIR is
+        moved to IRR word by word with xchg()."""
+        if not self.memory.read_once(v, "pir_on"):
+            return
+        self.memory.atomic(v, "pir_on", lambda on: False, "pi_clear_on()")
+        self.memory.smp_mb__after_atomic()
+        v.irr |= self.memory.xchg(v, "pir", frozenset())
 
     # -- the run loop --------------------------------------------------------
     def vcpu_run(self, ctx: ThreadContext, vcpu: int, entries: int = 1) -> Steps:
@@ -293,9 +336,9 @@ class RequestsModel:
 
     def _handle_requests(self, v: VCpu) -> Generator[Point | Wait, None, bool]:
         """The top of vcpu_enter_guest(): kvm_check_request() for each pending request."""
-        while v.requests:
-            nr = (v.requests & -v.requests).bit_length() - 1
-            v.requests &= ~(1 << nr)
+        while bits := self.memory.read_once(v, "requests"):
+            nr = (bits & -bits).bit_length() - 1
+            self._check_request(v, nr)
             v.handled.append(nr)
             if nr == KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK:
                 v.tlb_gen = self.tlb_flushes_started
@@ -309,29 +352,41 @@ class RequestsModel:
         """The guest-entry sequence of "Ensuring Requests Are Seen"."""
         v.irqs_disabled = True
         yield Point("local_irq_disable()")
-        v.mode = IN_GUEST_MODE
+        self.memory.write_once(v, "mode", IN_GUEST_MODE)
         v.stay_ipis = 0
         yield Point("WRITE_ONCE(vcpu->mode, IN_GUEST_MODE)")
+        mb = self._after_in_guest_mode(v)
         self._sync_pir_to_irr(v)
-        pending = v.requests != 0
-        if v.mode == EXITING_GUEST_MODE or pending:
-            v.mode = OUTSIDE_GUEST_MODE
+        pending = self.memory.read_once(v, "requests") != 0
+        if self.memory.read_once(v, "mode") == EXITING_GUEST_MODE or pending:
+            self._outside_guest_mode(v)
             v.aborts += 1
-            yield Point(f"smp_mb(); kvm_request_pending() = {str(pending).lower()}: abort guest entry")
+            yield Point(f"{mb}kvm_request_pending() = {str(pending).lower()}: abort guest entry")
             v.irqs_disabled = False
             self._take_ipis(v)
             yield Point("local_irq_enable()")
             return False
-        yield Point("smp_mb(); kvm_request_pending() = false")
+        yield Point(f"{mb}kvm_request_pending() = false")
         yield from self._guest_entry(v)
         return True
+
+    def _after_in_guest_mode(self, v: VCpu) -> str:
+        """The smp_mb() between setting IN_GUEST_MODE and the last checks (the Dekker pattern's
+        barrier, smp_mb__after_srcu_read_unlock() in x86's vcpu_enter_guest()). Returns its label."""
+        self.memory.smp_mb()
+        return "smp_mb(); "
+
+    def _outside_guest_mode(self, v: VCpu) -> None:
+        """vcpu->mode = OUTSIDE_GUEST_MODE; smp_wmb(); as vcpu_enter_guest() leaves guest mode."""
+        self.memory.write_once(v, "mode", OUTSIDE_GUEST_MODE)
+        self.memory.smp_wmb()
 
     def _guest_entry(self, v: VCpu) -> Steps:
         v.in_guest = True
         v.entries += 1
         v.irqs_disabled = False  # enabled atomically with the entry
         if v.pi_notification:
-            self._sync_pir_to_irr(v)
+            self._process_posted_interrupts(v)
             v.pi_notification = False
         yield Wait("VM entry, interrupts enabled atomically: guest runs",
                    lambda: v.ipis_pending > 0, idle=True)
@@ -341,7 +396,7 @@ class RequestsModel:
         v.exits += 1
         v.irqs_disabled = True
         yield Point("VM exit (IPI)")
-        v.mode = OUTSIDE_GUEST_MODE
+        self._outside_guest_mode(v)
         yield Point("vcpu->mode = OUTSIDE_GUEST_MODE")
         v.irqs_disabled = False
         self._take_ipis(v)
@@ -351,10 +406,11 @@ class RequestsModel:
         v = self.vcpus[vcpu]
         v.irqs_disabled = True
         yield Point("local_irq_disable()")
-        v.mode = READING_SHADOW_PAGE_TABLES
+        # walk_shadow_page_lockless_begin()/_end() of x86's MMU.
+        self.memory.store_mb(v, "mode", READING_SHADOW_PAGE_TABLES)
         yield Point("vcpu->mode = READING_SHADOW_PAGE_TABLES")
         yield Point("walk the shadow page tables")
-        v.mode = OUTSIDE_GUEST_MODE
+        self.memory.store_release(v, "mode", OUTSIDE_GUEST_MODE)
         yield Point("vcpu->mode = OUTSIDE_GUEST_MODE")
         v.irqs_disabled = False
         self._take_ipis(v)
@@ -367,8 +423,7 @@ class RequestsModel:
             return "runnable"
         if v.signal_pending:
             return "signal"
-        if not self.old_text and v.requests & (1 << KVM_REQ_UNBLOCK):
-            v.requests &= ~(1 << KVM_REQ_UNBLOCK)
+        if not self.old_text and self._check_request(v, KVM_REQ_UNBLOCK & KVM_REQUEST_MASK):
             return "unblock"
         return None
 
@@ -377,7 +432,8 @@ class RequestsModel:
         v.sleeping = True
         yield Point("prepare_to_rcuwait(): on the wait queue")
         while True:
-            v.woken = False  # set_current_state(TASK_INTERRUPTIBLE), before the check
+            v.woken = False  # set_current_state(TASK_INTERRUPTIBLE), before the check: smp_store_mb()
+            self.memory.smp_mb()
             reason = self._check_block(v)
             yield Point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
             if reason:
