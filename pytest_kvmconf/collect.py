@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from . import replay as replays
 from .conformance import why_not
 from .engine.explore import NothingReached, ViolationFound, explore, replay
 from .engine.runner import RunOptions
-from .engine.schedule import Schedule
 from .profiles import base_settings
-from .report import replay_command, violation_report
+from .report import violation_report
 from .session import RunState, state_of
 from .spec.loader import SpecError, load_file
 from .spec.model import Guarantee
@@ -60,7 +60,7 @@ class GuaranteeItem(pytest.Item):
         options = RunOptions(run.doc_version, free=run.free, point_timeout=run.point_timeout,
                              memory_model=run.memory_model)
         if run.replay is not None:
-            replay(g, backend, options, run.replay)
+            replay(g, backend, options, run.replay.schedule)
             return
         # hypothesis' own pytest plugin only sees test functions: give it this item's statistics
         # (--hypothesis-show-statistics) and its verbose output (--hypothesis-verbosity).
@@ -95,7 +95,11 @@ class GuaranteeItem(pytest.Item):
         run = state_of(self.config)
         exc = excinfo.value
         if isinstance(exc, ViolationFound):
-            cmd = replay_command(exc.outcome, run.base_args, run.backend_name, run.invocation_dir)
+            cmd = replays.command(
+                exc.outcome.guarantee, exc.outcome.schedule, base_args=run.base_args, backend=run.backend_name,
+                invocation_dir=run.invocation_dir, environ=run.environ, doc_version=run.doc_version,
+                spec_folders=[p for p in run.spec_paths if p != run.bundled_folder],
+                bundled=run.bundled_folder is not None, free=run.free, point_timeout=run.point_timeout)
             return violation_report(exc.outcome, run.doc_version, cmd, free=run.free)
         if isinstance(exc, NothingReached):
             g = exc.guarantee
@@ -116,7 +120,3 @@ class GuaranteeItem(pytest.Item):
             return None
         m = re.search(rf'^\s*id\s*=\s*["\']{re.escape(self.guarantee.id)}["\']', text, re.M)
         return None if m is None else text.count("\n", 0, m.start())
-
-
-def replay_schedule(text: str) -> Schedule:
-    return Schedule.decode(text)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from . import conformance, expectations, hookspecs, profiles
-from .collect import SpecFile, replay_schedule
+from . import replay as replays
+from .collect import SpecFile
 from .registry import BackendError, bundled, entry_point_backends, resolve
 from .session import KEY, RunState, state_of
 from .spec.model import MEMORY_MODELS
@@ -41,7 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kvm-doc-version", dest="kvm_doc_version", default=None, metavar="X.Y",
                     help=f"check the statements of this version of the documents "
                          f"(known texts: {', '.join(KNOWN_VERSIONS)}; default {NEWEST})")
-    group.addoption("--kvm-replay", dest="kvm_replay", default=None, metavar="ID:SCHEDULE",
+    group.addoption("--kvm-replay", dest="kvm_replay", default=None, metavar="ID@FINGERPRINT:SCHEDULE",
                     help="replay exactly one schedule printed by a failure")
     group.addoption("--kvm-schedule", dest="kvm_schedule", default="controlled",
                     choices=("controlled", "free"),
@@ -74,19 +76,19 @@ def _known_backends(config: pytest.Config) -> dict:
 
 
 def _base_args(config: pytest.Config) -> list[str]:
-    """The invocation's arguments minus selection and replay, for the replay command."""
+    """The invocation's options minus selection, paths and reports, for the replay command."""
+    positional = set(config.args) if getattr(config, "args_source", None) == pytest.Config.ArgsSource.ARGS else set()
     out, skip = [], False
     for a in config.invocation_params.args:
         if skip:
             skip = False
             continue
-        if a in ("-k", "-m", "-n", "--kvm-replay", "--junitxml", "--kvm-report"):
+        if a in ("-k", "-m", "-n", "--kvm-replay", "--junitxml", "--kvm-report", "--dist", "--maxfail"):
             skip = True
             continue
-        if a.startswith(("-k", "-m", "-n", "--kvm-replay", "--junitxml", "--kvm-report", "-x")) \
-                and a not in ("-x",):
-            continue
-        if a == "-x":
+        if a.startswith(("-k", "-m", "-n", "--kvm-replay", "--junitxml", "--kvm-report", "--dist", "--maxfail",
+                         "-x", "--lf", "--last-failed", "--ff", "--failed-first", "--sw", "--stepwise")) \
+                or a in positional:
             continue
         out.append(a)
     return out
@@ -165,8 +167,8 @@ def pytest_configure(config: pytest.Config) -> None:
     replay = None
     if opt.kvm_replay:
         try:
-            replay = replay_schedule(opt.kvm_replay)
-        except ValueError as exc:
+            replay = replays.decode(opt.kvm_replay)
+        except replays.ReplayError as exc:
             raise pytest.UsageError(f"--kvm-replay: {exc}") from None
     engaged = _engaged(config)
     paths = _spec_set(config) if engaged else []
@@ -180,6 +182,9 @@ def pytest_configure(config: pytest.Config) -> None:
         point_timeout=opt.kvm_point_timeout,
         memory_model=memory_model,
         base_args=_base_args(config),
+        environ=dict(os.environ),
+        bundled_folder=bundled_specs() if not (opt.kvm_no_bundled or not config.getini("kvm_bundled_specs"))
+        else None,
         invocation_dir=str(config.invocation_params.dir),
     )
     config.stash[KEY] = state
@@ -255,6 +260,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                 and i.guarantee.id == state.replay.guarantee]
         if not keep:
             raise pytest.UsageError(f"--kvm-replay: no guarantee {state.replay.guarantee} among the specs")
+        try:
+            replays.check(state.replay, keep[0].guarantee)
+        except replays.ReplayError as exc:
+            raise pytest.UsageError(f"--kvm-replay: {exc}") from None
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
 

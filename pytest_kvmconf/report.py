@@ -7,7 +7,6 @@ final state, the condition that failed, and the command that replays it.
 
 from __future__ import annotations
 
-import shlex
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -82,14 +81,6 @@ def _short(value: Any) -> str:
         return "{" + ", ".join(map(str, sorted(value, key=str))) + "}"
     text = str(value)
     return text if len(text) < 200 else text[:197] + "..."
-
-
-def replay_command(outcome: Outcome, base_args: Sequence[str], backend: str, invocation_dir: str) -> str:
-    args = ["pytest", *base_args]
-    if not any(a.startswith("--kvm-backend") for a in base_args):
-        args.append(f"--kvm-backend={backend}")
-    args.append(f"--kvm-replay={outcome.schedule.encode()}")
-    return f"cd {shlex.quote(invocation_dir)} && " + " ".join(shlex.quote(a) for a in args)
 
 
 def violation_report(outcome: Outcome, doc_version: str, replay: str, free: bool = False) -> str:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from .backend import Backend
-from .engine.schedule import Schedule
 from .registry import resolve
+from .replay import Replay
 
 
 @dataclass
@@ -20,12 +20,15 @@ class RunState:
     doc_version: str
     known_backends: dict[str, Callable[[], Any]]
     spec_paths: list[Path]
-    replay: Schedule | None = None
+    replay: Replay | None = None
     free: bool = False
     point_timeout: float = 5.0
     memory_model: str = "sc"
     base_args: list[str] = field(default_factory=list)
     invocation_dir: str = "."
+    environ: dict[str, str] = field(default_factory=dict)
+    #: the bundled spec folder when it is part of the spec set
+    bundled_folder: Path | None = None
     seen_ids: dict[str, Path] = field(default_factory=dict)
     #: the spec files pytest collects as specs (resolved paths)
     collect: set[Path] = field(default_factory=set)

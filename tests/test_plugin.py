@@ -96,7 +96,8 @@ def test_violation_prints_timeline_and_a_replay_that_replays(broken_project: pyt
     assert "forbidden outcome:" in out
     command = out.split("replay exactly this schedule:")[1].strip().splitlines()[0]
     args = shlex.split(command.split("&&", 1)[1])
-    assert args[0] == "pytest" and any(a.startswith("--kvm-replay=REQ-15:") for a in args)
+    args = args[next(i for i, a in enumerate(args) if a == "pytest"):]  # after the carried environment
+    assert any(a.startswith("--kvm-replay=REQ-15@") for a in args)
     replayed = run(broken_project, *args[1:])
     replayed.assert_outcomes(failed=1)
     timeline = out.split("schedule (one column")[1].split("final state")[0]
@@ -104,7 +105,7 @@ def test_violation_prints_timeline_and_a_replay_that_replays(broken_project: pyt
 
 
 def test_replay_of_a_damaged_string_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    result = run(pytester, "--kvm-backend=reference", "--kvm-replay=REQ-15:@@@")
+    result = run(pytester, "--kvm-backend=reference", "--kvm-replay=REQ-15@0123456789:@@@")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*--kvm-replay: replay string for REQ-15 is damaged*"])
     no_traceback(result)
