@@ -8,10 +8,11 @@ final state, the condition that failed, and the command that replays it.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .engine.records import Outcome
+from .explain import explain
 from .facets.requests import MODE_NAMES, request_name
 from .spec.model import Param
 
@@ -24,6 +25,24 @@ def format_value(name: str, value: Any, doc_version: str, is_request: bool = Fal
     if is_request or name in ("req", "request"):
         return f"{request_name(value, doc_version)} ({value:#x})"
     return str(value)
+
+
+def named_value(text: str, value: Any, doc_version: str) -> str:
+    """A sub-expression's value, raw, with the facet's name for it where the name says what it is."""
+    last = text.rsplit(".", 1)[-1].rsplit("[", 1)[0]
+    if isinstance(value, int) and not isinstance(value, bool):
+        if last == "mode" and value in MODE_NAMES:
+            return f"{value} ({MODE_NAMES[value]})"
+        if "req" in last:
+            return f"{value:#x} ({request_name(value, doc_version)})"
+    if last in ("requests", "handled") and isinstance(value, Iterable) and not isinstance(value, str | Mapping):
+        items = sorted(value) if isinstance(value, frozenset | set) else list(value)
+        if all(isinstance(r, int) for r in items):
+            inner = ", ".join(request_name(r, doc_version) for r in items)
+            return ("{" + inner + "}") if isinstance(value, frozenset | set) else f"[{inner}]"
+    if isinstance(value, Mapping) and "id" in value and "mode" in value:
+        return _vcpu(value, doc_version)
+    return _short(value)
 
 
 def _is_request_param(p: Param) -> bool:
@@ -99,6 +118,12 @@ def violation_report(outcome: Outcome, doc_version: str, replay: str, free: bool
         out.append(f"  {label}: {v.check.expr}" + (f"   (when {v.check.when})" if v.check.when else ""))
         if v.at is not None:
             out.append(f"  it stopped holding after step {v.at}")
+        if v.env is not None:
+            why = explain(str(v.check.expr), v.env, expected=v.check.kind != "never",
+                          name_value=lambda text, value: named_value(text, value, doc_version))
+            if why:
+                out.append("  where")
+                out.extend(f"    {line}" for line in why)
     out.append("")
     if outcome.params:
         out.append("parameters:")

@@ -30,6 +30,8 @@ class Violation:
     message: str
     check: Check | None = None
     at: int | None = None  # timeline index where an `always` check failed
+    #: the names the failed check was judged with, for explain.py's sub-expression values
+    env: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -192,7 +192,7 @@ class _Scheduler:
                     for c in self.always:
                         if not self.holds(c, env):
                             out.violation = Violation("always", c.message or "an invariant stopped holding",
-                                                      c, len(out.timeline))
+                                                      c, len(out.timeline), env)
                             break
                     if out.violation:
                         break
@@ -222,10 +222,10 @@ class _Scheduler:
                 if id(c) not in self.judged:
                     continue
                 if c.kind == "final" and not c.expr.evaluate(env):
-                    out.violation = Violation("final", c.message or "the final outcome is wrong", c)
+                    out.violation = Violation("final", c.message or "the final outcome is wrong", c, env=env)
                     return
                 if c.kind == "never" and c.expr.evaluate(env):
-                    out.violation = Violation("never", c.message or "a forbidden outcome was reached", c)
+                    out.violation = Violation("never", c.message or "a forbidden outcome was reached", c, env=env)
                     return
                 if c.kind == "exists" and c.expr.evaluate(env):
                     out.reached.add(i)
