@@ -94,6 +94,10 @@ def test_violation_prints_timeline_and_a_replay_that_replays(broken_project: pyt
     assert re.search(r"#\s+vcpu0\s+requester", out), out
     assert "kvm_request_pending() = false" in out
     assert "forbidden outcome:" in out
+    # The parts of the forbidden outcome, with their values (as pytest shows an assert's).
+    where = out.split("forbidden outcome:")[1].split("parameters:")[0]
+    assert "  where\n" in where and "vcpus[0].in_guest = True" in where and "vcpus[0].ipi_pending = False" in where
+    assert "vcpus[0].requests = {KVM_REQ_" in where
     command = out.split("replay exactly this schedule:")[1].strip().splitlines()[0]
     args = shlex.split(command.split("&&", 1)[1])
     args = args[next(i for i, a in enumerate(args) if a == "pytest"):]  # after the carried environment
@@ -172,9 +176,10 @@ def test_backend_from_an_installed_entry_point(broken_project: pytest.Pytester, 
         (GOOD_SPEC.replace('title = "a made', 'colour = "red"\ntitle = "a made'),
          "bad.toml: guarantee MY-01: key colour: unknown key 'colour'; allowed: id, title"),
         (GOOD_SPEC.replace('op = "kvm_make_request"', 'op = "kvm_make_reqest"'),
-         "bad.toml: guarantee MY-01: key thread[0].steps[0].op: unknown operation 'kvm_make_reqest'; known: "),
+         "bad.toml: guarantee MY-01: key thread[0].steps[0].op: unknown operation 'kvm_make_reqest' "
+         "(did you mean 'kvm_make_request'?); known: "),
         (GOOD_SPEC.replace('final = "(req', 'final = "(reqq'),
-         "bad.toml: guarantee MY-01: key check[0].final: unknown name 'reqq'"),
+         "bad.toml: guarantee MY-01: key check[0].final: unknown name 'reqq' (did you mean 'req'?) in"),
         (GOOD_SPEC.replace('final = "(req & KVM_REQUEST_MASK) in vcpus[0].requests"',
                            'final = "__import__(1)"'),
          "bad.toml: guarantee MY-01: key check[0].final: only these functions can be called"),
@@ -194,6 +199,20 @@ def test_malformed_spec_names_file_guarantee_and_key(pytester: pytest.Pytester, 
     result = run(pytester, "--kvm-backend=reference", "--kvm-no-bundled-specs", "--kvm-specs=bad.toml")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     assert expected in result.stdout.str(), result.stdout.str()
+    no_traceback(result)
+
+
+def test_every_error_of_a_file_is_reported_at_once(pytester: pytest.Pytester) -> None:
+    second = GOOD_SPEC.split('area = "mine"')[1].replace("MY-01", "MY-02").replace("from = ", "fron = ")
+    text = GOOD_SPEC.replace('title = "a made', 'titel = "x"\ntitle = "a made') + second
+    pytester.makefile(".toml", bad=text)
+    result = run(pytester, "--kvm-backend=reference", "--kvm-no-bundled-specs", "--kvm-specs=bad.toml")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines([
+        "*spec error: 2 errors:",
+        "*bad.toml: guarantee MY-01: key titel: unknown key 'titel' (did you mean 'title'?); allowed: *",
+        "*bad.toml: guarantee MY-02: key params.req: a parameter is a table with exactly one of:*",
+    ])
     no_traceback(result)
 
 

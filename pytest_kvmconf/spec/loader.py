@@ -7,6 +7,7 @@ debugging this loader.
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -71,6 +72,23 @@ CHECK_KEYS = {**{k: "condition" for k in CHECK_KINDS}, "when": "filter for `alwa
 ENGINE_NAMES = {"threads", "step", "nr_vcpus"}
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for a misspelt name, else nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class SpecErrors(SpecError):
+    """Several errors of one spec file; ``str()`` lists them, one per line."""
+
+    def __init__(self, errors: list[SpecError]):
+        first = errors[0]
+        super().__init__(first.file, first.gid, first.key, first.message)
+        self.errors = errors
+        self.args = (f"{len(errors)} errors:\n" + "\n".join(f"  {e}" for e in errors),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def load_files(paths: Iterable[Path]) -> list[Guarantee]:
@@ -117,16 +135,23 @@ def load_file(path: Path) -> list[Guarantee]:
     raw = data.get("guarantee", [])
     if not isinstance(raw, list) or not raw:
         raise SpecError(path, None, "guarantee", "at least one [[guarantee]] is required")
-    out, ids = [], set()
-    for i, g in enumerate(raw):
-        gid = g.get("id") if isinstance(g, dict) else None
-        if not isinstance(gid, str) or not ID_RE.match(gid):
-            raise SpecError(path, None, f"guarantee[{i}].id",
-                            f"required, of the form AREA-NN or AREA-NN.x (got {gid!r})")
-        if gid in ids:
-            raise SpecError(path, gid, "id", f"id {gid} appears twice in this file")
-        ids.add(gid)
-        out.append(_Builder(path, doc, gid, g).build())
+    out, ids, errors = [], set(), []
+    for i, g in enumerate(raw):  # every guarantee is checked, so one run shows all of a file's errors
+        try:
+            gid = g.get("id") if isinstance(g, dict) else None
+            if not isinstance(gid, str) or not ID_RE.match(gid):
+                raise SpecError(path, None, f"guarantee[{i}].id",
+                                f"required, of the form AREA-NN or AREA-NN.x (got {gid!r})")
+            if gid in ids:
+                raise SpecError(path, gid, "id", f"id {gid} appears twice in this file")
+            ids.add(gid)
+            out.append(_Builder(path, doc, gid, g).build())
+        except SpecError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise SpecErrors(errors)
     return out
 
 
@@ -136,7 +161,7 @@ def _keys(path: Path, gid: str | None, where: str, table: Mapping[str, Any],
         if key not in allowed:
             prefix = f"{where}." if where else ""
             raise SpecError(path, gid, f"{prefix}{key}",
-                            f"unknown key {key!r}; allowed: {', '.join(allowed)}")
+                            f"unknown key {key!r}{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
 
 
 class _Builder:
@@ -177,7 +202,8 @@ class _Builder:
             raise self.err("needs", "a list of capability names")
         for n in extra:
             if n not in caps:
-                raise self.err("needs", f"unknown capability {n!r}; known: {', '.join(sorted(caps))}")
+                raise self.err("needs", f"unknown capability {n!r}{did_you_mean(n, caps)}; "
+                                        f"known: {', '.join(sorted(caps))}")
         needs.update(extra)
         judged = [c.obligation for c in checks if c.kind != "exists"]
         if judged and set(judged) == {"userspace"} and raw.get("locks") is None:
@@ -247,7 +273,8 @@ class _Builder:
         if kind == "from":
             sets = facets.all_named_sets()
             if v not in sets:
-                raise self.err(f"{key}.from", f"unknown named set {v!r}; known: {', '.join(sorted(sets))}")
+                raise self.err(f"{key}.from", f"unknown named set {v!r}{did_you_mean(str(v), sets)}; "
+                                              f"known: {', '.join(sorted(sets))}")
             return Param(name, "set", set_name=v)
         if v is not True:
             raise self.err(f"{key}.bool", "write bool = true")
@@ -265,12 +292,16 @@ class _Builder:
         try:
             return parse(source, known.__contains__)
         except ExprError as exc:
-            hint = ""
-            if "unknown name" in str(exc):
+            message, hint = str(exc), ""
+            if "unknown name" in message:
+                m = re.match(r"unknown name '([^']+)'", message)
+                if m:  # the guess goes right after the misspelt name
+                    guess = did_you_mean(m[1], known)
+                    message = message.replace(repr(m[1]), repr(m[1]) + guess, 1)
                 hint = f"; known names: parameters ({', '.join(self.params) or 'none'}), bindings " \
                        f"({', '.join(sorted(self.bindings)) or 'none'}), observables " \
                        f"({', '.join(sorted(extra)) or 'none'}) and the facets' constants"
-            raise self.err(key, f"{exc}{hint}") from None
+            raise self.err(key, f"{message}{hint}") from None
 
     def value(self, key: str, v: Any, extra: set[str]) -> Any:
         return self.expr(key, v, extra) if isinstance(v, str) else v
@@ -320,7 +351,8 @@ class _Builder:
         name = raw["op"]
         op = self.ops.get(name)
         if op is None:
-            raise self.err(f"{key}.op", f"unknown operation {name!r}; known: {', '.join(sorted(self.ops))}")
+            raise self.err(f"{key}.op", f"unknown operation {name!r}{did_you_mean(name, self.ops)}; "
+                                        f"known: {', '.join(sorted(self.ops))}")
         args = {}
         for k, v in raw.items():
             if k in ("op", "as") or (allow_params and k == "params"):
@@ -328,7 +360,8 @@ class _Builder:
             a = op.arg(k)
             if a is None:
                 allowed = ", ".join(x.name for x in op.args) or "none"
-                raise self.err(f"{key}.{k}", f"{name} takes no argument {k!r}; its arguments: {allowed}")
+                raise self.err(f"{key}.{k}", f"{name} takes no argument {k!r}"
+                                             f"{did_you_mean(k, [x.name for x in op.args])}; its arguments: {allowed}")
             if isinstance(v, str) and a.type != "str":
                 args[k] = self.expr(f"{key}.{k}", v, loop | (local or set()))
             elif not facets.ARG_TYPES[a.type](v):
