@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from . import replay as replays
 from .conformance import why_not
 from .engine.explore import NothingReached, ViolationFound, explore, replay
 from .engine.runner import RunOptions
 from .profiles import base_settings
+from .progress import Progress
 from .report import violation_report
 from .session import RunState, state_of
 from .spec.loader import SpecError, load_file
@@ -80,10 +82,13 @@ class GuaranteeItem(pytest.Item):
             stats["nodeid"] = self.nodeid
             self.hypothesis_statistics = describe_statistics(stats)
 
+        base = base_settings(self.config)
+        progress = Progress(self, g.id, (base or settings.default).max_examples)
         try:
             with collector.with_value(note_statistics), with_reporter(report):
-                self.stats = explore(g, backend, options, base=base_settings(self.config),
-                                     seed=self.config.getoption("hypothesis_seed", None))
+                self.stats = explore(g, backend, options, base=base,
+                                     seed=self.config.getoption("hypothesis_seed", None),
+                                     progress=progress if progress.enabled else None)
         except (ViolationFound, NothingReached) as exc:
             self.stats = exc.stats
             raise

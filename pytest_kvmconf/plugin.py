@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from . import conformance, expectations, hookspecs, profiles
+from . import conformance, expectations, hookspecs, profiles, progress
 from . import replay as replays
 from .collect import SpecFile
 from .registry import BackendError, bundled, entry_point_backends, resolve
@@ -64,6 +64,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     conformance.add_options(group)
     expectations.add_options(group)
     profiles.add_options(group, parser)
+    progress.add_options(group)
 
 
 def _known_backends(config: pytest.Config) -> dict:

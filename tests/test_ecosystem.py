@@ -42,7 +42,7 @@ def test_xdist_gives_the_same_verdicts(project: pytest.Pytester) -> None:
     assert figures(one) == figures(two)
     assert two["TOY-01"]["examples"] == 10 and two["TOY-01"]["quote"]  # figures and sentences reach the controller
     # The failure drawing (and its replay command) still comes back from the worker.
-    parallel.stdout.fnmatch_lines(["TOY-02 violated: kvm_test_request sees a made request", "*--kvm-replay=TOY-02:*"])
+    parallel.stdout.fnmatch_lines(["TOY-02 violated: kvm_test_request sees a made request", "*--kvm-replay=TOY-02@*"])
 
 
 def test_junit_xml_names_cases_by_guarantee_id(project: pytest.Pytester) -> None:

@@ -95,3 +95,11 @@ def test_the_example_database_replays_the_last_failure_first(project: pytest.Pyt
     # Keyed per backend too: another backend's run of the same guarantee starts afresh.
     other = run(project, *args, "--kvm-backend=toy")
     assert "reuse phase" not in other.stdout.str()
+
+
+def test_long_searches_show_their_progress(project: pytest.Pytester) -> None:
+    result = run(project, *ARGS, "--kvm-backend=toy", "-k", "TOY-01", "-v", "--kvm-progress=0.000001")
+    result.stdout.fnmatch_lines(["  TOY-01: * of 10 examples, * s", "specs/toy.toml::TOY-01 PASSED*"])
+    assert "TOY-01: 10 of 10 examples" in result.stdout.str()
+    quiet = run(project, *ARGS, "--kvm-backend=toy", "-k", "TOY-01", "--kvm-progress=0")
+    assert "of 10 examples" not in quiet.stdout.str()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
@@ -29,8 +30,11 @@ class Stats:
 
 
 def explore(g: Guarantee, backend: Backend, options: RunOptions,
-            base: settings | None = None, seed: int | None = None) -> Stats:
-    """Run hypothesis over schedules of ``g``; raise ViolationFound or NothingReached."""
+            base: settings | None = None, seed: int | None = None,
+            progress: Callable[[Stats], None] | None = None) -> Stats:
+    """Run hypothesis over schedules of ``g``; raise ViolationFound or NothingReached.
+
+    ``progress`` is called after every example (the terminal shows long runs with it)."""
     stats = Stats()
     last: list[Outcome] = []
 
@@ -55,6 +59,8 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
             last.append(outcome)
         else:
             last[0] = outcome
+        if progress is not None:
+            progress(stats)
 
     # Each guarantee is its own test to hypothesis' database.
     check._hypothesis_internal_add_digest = f"{g.id}@{backend.name}".encode()  # type: ignore[attr-defined]
