@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine.schedule import Schedule
+from .errors import ReplayError
 from .spec.expr import Expr
 from .spec.model import Guarantee
 
@@ -32,10 +33,6 @@ from .spec.model import Guarantee
 CARRIED_ENV = ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD")
 #: The guarantee fields a schedule steers (everything else may change without staling a replay).
 STEERED = ("id", "vcpus", "machine", "params", "threads", "max_steps", "needs", "arch")
-
-
-class ReplayError(ValueError):
-    """A replay string that cannot be used; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
