@@ -118,7 +118,7 @@ class LossyRing(KvmMachine):
     without recording it): an observer that loses events."""
 
     def _collect_ring(self) -> set[int]:
-        n = memory.RING_BYTES // memory.ENTRY
+        n = self.ring_bytes // memory.ENTRY
         newest = set()
         for addr, fetch in self.rings.values():
             last = fetch
