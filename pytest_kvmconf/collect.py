@@ -15,7 +15,7 @@ from .engine.explore import NothingReached, ViolationFound, explore, replay
 from .engine.runner import RunOptions
 from .profiles import base_settings
 from .progress import Progress
-from .report import violation_report
+from .report import violation_record, violation_report
 from .session import RunState, state_of
 from .spec.loader import SpecError, load_file
 from .spec.model import Guarantee
@@ -50,6 +50,9 @@ class GuaranteeItem(pytest.Item):
         super().__init__(**kwargs)
         self.guarantee = guarantee
         self.stats: Any = None
+        #: what the search explored and the violation's timeline, as plain data for the report
+        self.coverage: dict[str, Any] | None = None
+        self.violation: dict[str, Any] | None = None
 
     def runtest(self) -> None:
         run: RunState = state_of(self.config)
@@ -91,10 +94,14 @@ class GuaranteeItem(pytest.Item):
                                      progress=progress if progress.enabled else None)
         except (ViolationFound, NothingReached) as exc:
             self.stats = exc.stats
+            if isinstance(exc, ViolationFound):
+                self.violation = violation_record(exc.outcome)
             raise
         finally:
             if lines:
                 self.hypothesis_report_information = "\n".join(lines)
+            if self.stats is not None:
+                self.coverage = self.stats.coverage.summary(g, self.stats.examples, self.stats.seconds)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         run = state_of(self.config)
@@ -104,7 +111,8 @@ class GuaranteeItem(pytest.Item):
                 exc.outcome.guarantee, exc.outcome.schedule, base_args=run.base_args, backend=run.backend_name,
                 invocation_dir=run.invocation_dir, environ=run.environ, doc_version=run.doc_version,
                 spec_folders=[p for p in run.spec_paths if p != run.bundled_folder],
-                bundled=run.bundled_folder is not None, free=run.free, point_timeout=run.point_timeout)
+                bundled=run.bundled_folder is not None, free=run.free, point_timeout=run.point_timeout,
+                memory_model=run.memory_model)
             return violation_report(exc.outcome, run.doc_version, cmd, free=run.free)
         if isinstance(exc, NothingReached):
             g = exc.guarantee

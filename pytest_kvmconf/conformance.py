@@ -29,6 +29,7 @@ import pytest
 from . import __version__
 from .backend import memory_skip_reason, skip_reason
 from .expectations import NO_LONGER, plugin_of
+from .html_report import page
 from .session import RunState, state_of
 from .spec.loader import SpecError, load_file, spec_files
 from .spec.model import Guarantee
@@ -36,6 +37,7 @@ from .spec.model import Guarantee
 PASS, FAIL, SKIP, XFAIL, XPASS, ERROR = "pass", "fail", "skip", "expected failure", "unexpected pass", "error"
 VERDICTS = (PASS, FAIL, SKIP, XFAIL, XPASS, ERROR)
 PROP_ID, PROP_EXAMPLES, PROP_SECONDS = "kvm_guarantee", "kvm_examples", "kvm_seconds"
+PROP_COVERAGE, PROP_VIOLATION = "kvm_coverage", "kvm_violation"
 
 
 def add_options(group: pytest.OptionGroup) -> None:
@@ -82,18 +84,24 @@ def why_not(g: Guarantee, run: RunState) -> str | None:
 class RecordPlugin:
     """Puts the guarantee id and its search figures into every report of a guarantee."""
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
         g = getattr(item, "guarantee", None)
-        if g is None:
-            return
-        props = item.user_properties
-        if not any(name == PROP_ID for name, _ in props):
-            props.append((PROP_ID, g.id))
-        stats = getattr(item, "stats", None)
-        if call.when == "call" and stats is not None:
-            props.append((PROP_EXAMPLES, stats.examples))
-            props.append((PROP_SECONDS, round(stats.seconds, 3)))
+        if g is not None:  # before the report is made, so the properties are in it
+            props = item.user_properties
+            if not any(name == PROP_ID for name, _ in props):
+                props.append((PROP_ID, g.id))
+            stats = getattr(item, "stats", None)
+            if call.when == "call" and stats is not None:
+                props.append((PROP_EXAMPLES, stats.examples))
+                props.append((PROP_SECONDS, round(stats.seconds, 3)))
+        outcome = yield
+        # What was explored rides on the report itself (as hypothesis' statistics do), not in
+        # user_properties: it reaches the controller under xdist but stays out of JUnit XML.
+        if call.when == "call" and g is not None:
+            report = outcome.get_result()
+            report.__dict__[PROP_COVERAGE] = getattr(item, "coverage", None)
+            report.__dict__[PROP_VIOLATION] = getattr(item, "violation", None)
 
 
 @dataclass
@@ -105,6 +113,8 @@ class Result:
     examples: int | None = None
     seconds: float = 0.0
     phases: dict[str, str] = field(default_factory=dict)
+    coverage: dict[str, Any] | None = None
+    violation: dict[str, Any] | None = None
 
 
 def _skip_text(report: pytest.TestReport) -> str:
@@ -129,6 +139,7 @@ class ConformancePlugin:
 
     def __init__(self, config: pytest.Config, json_path: Path, md_path: Path):
         self.config, self.json_path, self.md_path = config, json_path, md_path
+        self.html_path = json_path.with_suffix(".html")
         self.results: dict[str, Result] = {}
         self.started = _dt.datetime.now(_dt.timezone.utc)
         self.written = False
@@ -142,6 +153,8 @@ class ConformancePlugin:
         r.phases[report.when] = report.outcome
         if report.when == "call":
             r.seconds = round(report.duration, 3)
+            r.coverage = report.__dict__.get(PROP_COVERAGE)
+            r.violation = report.__dict__.get(PROP_VIOLATION)
             if PROP_EXAMPLES in props:
                 r.examples = int(props[PROP_EXAMPLES])
         wasxfail = getattr(report, "wasxfail", None)
@@ -192,6 +205,8 @@ class ConformancePlugin:
                 "examples": r.examples,
                 "seconds": r.seconds,
                 "detail": r.detail,
+                "coverage": r.coverage,
+                "violation": r.violation,
             })
         finished = _dt.datetime.now(_dt.timezone.utc)
         from .profiles import describe, profile_name
@@ -219,11 +234,13 @@ class ConformancePlugin:
         self.json_path.parent.mkdir(parents=True, exist_ok=True)
         self.json_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         self.md_path.write_text(markdown(doc), encoding="utf-8")
+        self.html_path.write_text(page(doc), encoding="utf-8")
         self.written = True
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.written:
             terminalreporter.write_line(f"kvmconf conformance report: {self.json_path} and {self.md_path}")
+            terminalreporter.write_line(f"kvmconf explored, with each violation's timeline: {self.html_path}")
 
 
 def _cell(text: str) -> str:
@@ -260,6 +277,25 @@ def markdown(doc: Mapping[str, Any]) -> str:
             f"{'' if row['examples'] is None else row['examples']} | {row['seconds']:.2f} |")
     out += ["", "Examples: schedules run, shrinking of a violation included (blank when none ran, e.g. a replay). "
                 "Time: seconds the guarantee's test took."]
+    explored = [row for row in doc["guarantees"] if row.get("coverage")]
+    if explored:
+        out += ["", "## What was explored", "",
+                "| Guarantee | Examples | Distinct interleavings | Examples to the first violation | "
+                "`exists` reached after | Drawing / running (s) |",
+                "|---|---:|---:|---:|---|---:|"]
+        for row in explored:
+            c = row["coverage"]
+            reached = "; ".join(f"`{_cell(e['condition'])}`: " + ("not reached" if e["example"] is None
+                                                                   else f"{e['example']} examples")
+                                for e in c["exists"]) or "—"
+            first = "—" if c["first_violation"] is None else str(c["first_violation"])
+            out.append(f"| {row['id']} | {c['examples']} | {c['interleavings']} | {first} | {reached} | "
+                       f"{c['seconds_drawing']:.2f} / {c['seconds_running']:.2f} |")
+        out += ["", "Distinct interleavings: distinct orders in which the threads took their scheduling steps "
+                    "(orders that differ only in independent steps count apart). Examples to the first violation: "
+                    "before shrinking. Drawing: hypothesis' own time (generation, shrinking, bookkeeping); "
+                    "running: time inside the runs. The HTML page beside this file charts the interleavings "
+                    "over the examples and draws each violation's per-thread timeline."]
     return "\n".join(out) + "\n"
 
 

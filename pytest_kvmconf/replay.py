@@ -9,7 +9,7 @@ violation against a corrected condition is how a spec author confirms the fix.
 
 The replay command carries what the failing run depended on besides the string: the folder it
 ran in, the environment variables that decide imports and plugins (``PYTHONPATH``, ...), the
-backend as it was named, the document text, the spec folders and the schedule mode.
+backend as it was named, the document text, the spec folders, the schedule mode and the memory model.
 """
 
 from __future__ import annotations
@@ -104,10 +104,11 @@ def check(replay: Replay, g: Guarantee) -> None:
 
 def command(g: Guarantee, schedule: Schedule, *, base_args: Sequence[str], backend: str, invocation_dir: str,
             environ: Mapping[str, str], doc_version: str, spec_folders: Sequence[Path], bundled: bool,
-            free: bool, point_timeout: float) -> str:
+            free: bool, point_timeout: float, memory_model: str = "sc") -> str:
     """One shell command that replays ``schedule`` of ``g`` as the failing run would have run it."""
     args = ["pytest", *(a for a in base_args if not a.startswith(("--kvm-backend", "--kvm-doc-version",
-                                                                   "--kvm-schedule", "--kvm-point-timeout")))]
+                                                                   "--kvm-schedule", "--kvm-point-timeout",
+                                                                   "--kvm-memory-model")))]
     args.append(f"--kvm-backend={backend}")
     args.append(f"--kvm-doc-version={doc_version}")
     if not bundled and "--kvm-no-bundled-specs" not in args:
@@ -117,6 +118,8 @@ def command(g: Guarantee, schedule: Schedule, *, base_args: Sequence[str], backe
     args += [f"--kvm-specs={p}" for p in (str(Path(f).resolve()) for f in spec_folders) if p not in given]
     if free:
         args.append("--kvm-schedule=free")
+    if memory_model != "sc":
+        args.append(f"--kvm-memory-model={memory_model}")
     if point_timeout != 5.0:
         args.append(f"--kvm-point-timeout={point_timeout:g}")
     args.append(f"--kvm-replay={encode(g, schedule)}")

@@ -102,6 +102,14 @@ def _short(value: Any) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
+def violation_record(outcome: Outcome) -> dict[str, Any]:
+    """A violation as plain data (the HTML report draws its timeline from it)."""
+    v = outcome.violation
+    return {"kind": v.kind if v else "", "message": v.message if v else "", "threads": list(outcome.threads),
+            "timeline": [{"index": e.index, "thread": e.thread, "texts": list(e.texts)} for e in outcome.timeline],
+            "params": {k: format_value(k, val, "6.18") for k, val in outcome.params.items()}}
+
+
 def violation_report(outcome: Outcome, doc_version: str, replay: str, free: bool = False) -> str:
     g, v = outcome.guarantee, outcome.violation
     assert v is not None

@@ -13,6 +13,7 @@ from ..backend import Backend
 from ..errors import NothingReached, ViolationFound
 from ..spec.model import Guarantee
 from ..strategies import schedule_strategy
+from .coverage import Coverage
 from .records import Outcome
 from .runner import RunOptions, run_schedule
 from .schedule import Schedule
@@ -27,6 +28,8 @@ class Stats:
     examples: int = 0
     seconds: float = 0.0
     reached: set[int] = field(default_factory=set)
+    #: what the search explored (engine/coverage.py), for the report
+    coverage: Coverage = field(default_factory=Coverage)
 
 
 def explore(g: Guarantee, backend: Backend, options: RunOptions,
@@ -48,7 +51,7 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
             return
         stats.examples += 1
         for _ in range(FREE_ITERATIONS if options.free else 1):
-            outcome = run_schedule(g, backend, schedule, options)
+            outcome = stats.coverage.run(stats.examples, lambda: run_schedule(g, backend, schedule, options))
             if outcome.violation is not None:
                 if options.free or outcome.violation.kind == "hang":
                     kept.append(outcome)
