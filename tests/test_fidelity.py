@@ -7,14 +7,17 @@ is shown to be wrong against a model of what the kernel does, or too weak to cat
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from hypothesis import Phase, settings
 
-from pytest_kvmconf.backends.reference import ReferenceBackend
+from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
 from pytest_kvmconf.engine.explore import NothingReached, ViolationFound, explore
 from pytest_kvmconf.engine.runner import RunOptions
+from pytest_kvmconf.facets.requests import IN_GUEST_MODE, READING_SHADOW_PAGE_TABLES
+from pytest_kvmconf.scheduling import Point
 from pytest_kvmconf.spec.loader import load_file
 from pytest_kvmconf.spec.model import Guarantee
 from pytest_kvmconf.spec.versions import NEWEST
@@ -149,3 +152,211 @@ def test_obligation_is_validated_and_documented(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"guarantee ATTR-05: key check\[0\]\.obligation: one of 'kvm', 'userspace'"):
         load_file(path)
     assert 'obligation = "userspace"' in (SPECS.parent / "CONTRIBUTING.md").read_text(encoding="utf-8")
+
+
+# -- Item 5: checks judge what reached the vCPU, not the backend's log of its decisions -----------
+
+def test_req_09_as_it_was_exempted_the_shadow_walk(tmp_path: Path) -> None:
+    from .broken.requests import backend as broken_requests
+
+    broken = broken_requests("KickIpisShadowWalk")
+    assert verdict("REQ-09", broken) is not None
+    g = as_it_was(tmp_path, "REQ-09", "vcpu-requests.toml",
+                  '''when = """step.returned == 'kvm_vcpu_kick' and not step.before.vcpus[0].sleeping
+  and step.before.vcpus[0].mode != IN_GUEST_MODE''',
+                  '''when = """step.returned == 'kvm_vcpu_kick' and not step.before.vcpus[0].sleeping
+  and step.before.vcpus[0].mode == OUTSIDE_GUEST_MODE''')
+    assert run(g, broken) is None  # the shadow-table walk was exempt: an IPI there went unseen
+
+
+class SilentShadowWalkIpi(ReferenceMachine):
+    """Logs its decisions as the document says, but delivers an IPI to a vCPU that reads the
+    shadow page tables whatever the request: only a check of delivered IPIs sees it."""
+
+    def kvm_make_all_cpus_request(self, ctx, req):
+        for v in self.vcpus:
+            if v.mode == READING_SHADOW_PAGE_TABLES:
+                self._send_ipi(v)
+        return (yield from super().kvm_make_all_cpus_request(ctx, req))
+
+
+def test_req_13_judges_delivered_ipis_not_the_decision_log(tmp_path: Path) -> None:
+    from .broken import running
+
+    lying = running(SilentShadowWalkIpi, "silent-ipi")
+    assert verdict("REQ-13", lying) is not None
+    decision_log = (
+        '[[guarantee.check]]\nalways = """all(act == \'wake\' or (act == \'ipi\') == '
+        '((m != OUTSIDE_GUEST_MODE) if r & KVM_REQUEST_WAIT else (m == IN_GUEST_MODE))\n'
+        '  for v in vcpus for m, r, act in v.kicks if r >= 0)"""\n\n')
+    first = "[[guarantee.check]]\nwhen = \"\"\"step.returned == 'kvm_make_all_cpus_request' and not flags"
+    # As it was: the decision log instead of the delivered IPIs (the new checks switched off).
+    old = as_it_was(tmp_path, "REQ-13", "vcpu-requests.toml", first,
+                    decision_log + first.replace("and not flags", "and False and not flags"))
+    old = dataclasses.replace(old, checks=tuple(c for c in old.checks if "step.before.vcpus[0].in_guest"
+                                                not in (c.when.source if c.when else "")))
+    assert run(old, lying) is None  # the decision log looked right
+
+
+def test_make_all_cpus_request_result_is_checked() -> None:
+    from .broken.requests import backend as broken_requests
+
+    assert any("sent ==" in c.expr.source for c in guarantees()["REQ-06"].checks)
+    assert verdict("REQ-06", broken_requests("MakeAllAlwaysTrue")) is not None
+
+
+WHITE_BOX = (".kicks", ".acks", ".stay_ipis")
+
+
+def test_checks_reading_model_counters_declare_the_capability() -> None:
+    from pytest_kvmconf.backend import skip_reason
+
+    readers = {g.id for g in guarantees().values()
+               if any(w in c.expr.source or (c.when is not None and w in c.when.source)
+                      for c in g.checks for w in WHITE_BOX)}
+    assert readers == {"REQ-17"}
+    for gid in readers:
+        assert "model_counters" in guarantees()[gid].needs
+    black_box = ReferenceBackend()
+    black_box.capabilities = black_box.capabilities - {"model_counters"}
+    g = guarantees()["REQ-17"]
+    assert "lacks capability model_counters" in skip_reason(black_box, g.needs, g.arch, NEWEST)
+
+
+# -- Item 6: the models take the kernel's steps --------------------------------------------------
+
+def spec(tmp_path: Path, body: str) -> Guarantee:
+    path = tmp_path / "model.toml"
+    path.write_text('[document]\nfile = "vcpu-requests.rst"\narea = "requests"\n\n[[guarantee]]\nid = "MODEL-01"\n'
+                    'title = "t"\nsection = "s"\nquote = "q"\nversions = { since = "4.13" }\n' + body,
+                    encoding="utf-8")
+    return load_file(path)[0]
+
+
+class OldWakeUp(ReferenceMachine):
+    """The model before the fix: waking an already running task counted as a wake."""
+
+    def _wake_up(self, v) -> bool:
+        if not v.sleeping:
+            return False
+        if not v.woken:
+            v.woken = True
+            v.wakeups += 1
+        return True
+
+
+def test_a_wake_up_of_a_running_task_is_no_wake_up(tmp_path: Path) -> None:
+    from pytest_kvmconf.backends.threaded import ThreadedBackend
+
+    from .broken import running
+
+    g = spec(tmp_path, '''
+[[guarantee.thread]]
+name = "vcpu0"
+vcpu = 0
+steps = [{ op = "kvm_vcpu_block", vcpu = 0 }]
+
+[[guarantee.thread]]
+name = "waker"
+steps = [{ op = "make_runnable", vcpu = 0 }, { op = "kvm_vcpu_kick", vcpu = 0 }]
+
+# kvm_vcpu_kick() reports a wake only when wake_up_process() woke the task.
+[[guarantee.check]]
+never = "count(k[2] == 'wake' for k in vcpus[0].kicks) > vcpus[0].wakeups"
+''')
+    assert run(g, ReferenceBackend()) is None
+    assert run(g, ThreadedBackend(), max_examples=30) is None
+    assert run(g, running(OldWakeUp, "old-wake-up")) is not None
+
+
+class OldPostedInterrupt(ReferenceMachine):
+    """The model before the fix: a posted interrupt neither woke a blocked vCPU nor made it runnable."""
+
+    def _pi_notify(self, v):
+        if v.mode == IN_GUEST_MODE:
+            self._send_pi_notification(v)
+        yield Point("no wake-up")
+
+    def _check_block(self, v):
+        return "runnable" if v.runnable else super()._check_block(v) if not v.pir_on else None
+
+
+def test_a_posted_interrupt_wakes_a_blocked_vcpu(tmp_path: Path) -> None:
+    from pytest_kvmconf.backends.threaded import ThreadedBackend
+
+    from .broken import running
+
+    g = spec(tmp_path, '''
+[[guarantee.thread]]
+name = "vcpu0"
+vcpu = 0
+steps = [{ op = "kvm_vcpu_block", vcpu = 0, as = "why" }]
+
+[[guarantee.thread]]
+name = "poster"
+steps = [{ op = "post_interrupt", vcpu = 0 }]
+
+[[guarantee.check]]
+final = "threads.vcpu0.done and why == 'runnable'"
+''')
+    assert run(g, ReferenceBackend()) is None
+    assert run(g, ThreadedBackend(), max_examples=30) is None
+    assert run(g, running(OldPostedInterrupt, "old-posted-interrupt")) is not None
+
+
+def test_a_second_posted_interrupt_sends_no_second_notification() -> None:
+    from pytest_kvmconf.backend import MachineConfig, ThreadContext
+    from pytest_kvmconf.backends.threaded import ThreadedBackend
+
+    config = MachineConfig(1, "x86_64", NEWEST)
+    ctx = ThreadContext("poster", None)
+    for backend in (ReferenceBackend(), ThreadedBackend()):
+        m = backend.new_machine(config)
+        sent = []
+        m._send_pi_notification = m.send_pi_notification = lambda v, sent=sent: sent.append(v.id)
+        v = m.vcpus[0]
+        if hasattr(v.mode, "write"):
+            v.mode.write(IN_GUEST_MODE)
+        else:
+            v.mode = IN_GUEST_MODE
+        for vector in (32, 33, 32):
+            out = m.run_op(ctx, "post_interrupt", {"vcpu": 0, "vector": vector})
+            if out is not None:
+                list(out)
+        assert sent == [0], (backend.name, sent)  # PIR.ON was set by the first: no more IPIs
+        m.close()
+
+
+def test_a_pending_timer_ends_kvm_vcpu_block(tmp_path: Path) -> None:
+    from pytest_kvmconf.backends.threaded import ThreadedBackend
+
+    g = spec(tmp_path, '''
+[[guarantee.thread]]
+name = "vcpu0"
+vcpu = 0
+steps = [{ op = "kvm_vcpu_block", vcpu = 0, as = "why" }]
+
+[[guarantee.thread]]
+name = "timer"
+steps = [{ op = "expire_timer", vcpu = 0 }]
+
+[[guarantee.check]]
+final = "why == 'timer'"
+''')
+    assert run(g, ReferenceBackend()) is None
+    assert run(g, ThreadedBackend(), max_examples=30) is None
+
+
+def test_kvm_run_of_an_uninitialized_ap_returns_eagain_once_woken() -> None:
+    from pytest_kvmconf.backend import MachineConfig, ThreadContext
+    from pytest_kvmconf.facets.mp import EAGAIN, KVM_MP_STATE_UNINITIALIZED
+
+    m = ReferenceBackend().new_machine(MachineConfig(2, "x86_64", NEWEST, {"irqchip": True}))
+    assert m.mp_vcpus[1].state == KVM_MP_STATE_UNINITIALIZED
+    list(m.run_op(ThreadContext("vmm", None), "inject_wakeup", {"vcpu": 1}))
+    gen = m.run_op(ThreadContext("vcpu1", 1), "kvm_run", {"vcpu": 1})
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        assert stop.value["ret"] == -EAGAIN

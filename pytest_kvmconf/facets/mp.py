@@ -72,7 +72,7 @@ PSCI_RET_NOT_SUPPORTED = (1 << 64) - 1  # -1 in x0
 PSCI_SUSPEND_ENTRY = 0x40001000
 PSCI_SUSPEND_CONTEXT = 0x5EED
 
-EINTR, ENXIO, EINVAL = 4, 6, 22
+EINTR, ENXIO, EAGAIN, EINVAL = 4, 6, 11, 22
 
 #: Guest programs (machine option ``program``). x86 backends run them as real-mode
 #: code; an injected NMI makes an x86 guest do port I/O to port 0x11 (KVM_EXIT_IO).
@@ -173,7 +173,7 @@ mp.constants.update({
     "KVM_CAP_ARM_SYSTEM_SUSPEND": KVM_CAP_ARM_SYSTEM_SUSPEND,
     "PSCI_0_2_FN64_SYSTEM_SUSPEND": PSCI_0_2_FN64_SYSTEM_SUSPEND,
     "PSCI_SUSPEND_ENTRY": PSCI_SUSPEND_ENTRY, "PSCI_SUSPEND_CONTEXT": PSCI_SUSPEND_CONTEXT,
-    "EINTR": EINTR, "ENXIO": ENXIO, "EINVAL": EINVAL,
+    "EINTR": EINTR, "ENXIO": ENXIO, "EAGAIN": EAGAIN, "EINVAL": EINVAL,
     "DOCUMENTED_MP_STATES": DOCUMENTED_MP_STATES,
 })
 mp.named_sets.update({

@@ -199,8 +199,13 @@ kick.op("kvm_make_all_cpus_request", [Arg("req", "req")], "bool",
 kick.op("kvm_flush_remote_tlbs", [], "none", "kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH).")
 kick.op("kvm_vm_dead", [], "none", "kvm_vm_dead(): mark the VM dead, then kvm_make_all_cpus_request(KVM_REQ_VM_DEAD).")
 kick.op("post_interrupt", [V, Arg("vector", "int", optional=True, default=32)], "none",
-        "x86 posted interrupt: set PIR bit and PIR.ON, then read vcpu->mode and send the "
-        "notification IPI if IN_GUEST_MODE.")
+        "x86 posted interrupt: set PIR bit and PIR.ON (nothing more if either was set), then read "
+        "vcpu->mode and send the notification IPI if IN_GUEST_MODE, else wake the vCPU if it blocks.")
+kick.extra_capabilities.update({
+    "model_counters": "the backend reports counters only a model keeps about its own decisions "
+                      "(vcpus[i].kicks, vcpus[i].acks, vcpus[i].stay_ipis); a spec reading them "
+                      "declares this need, so a black-box backend skips it with the reason",
+})
 kick.observables.update({
     "vcpus[i].mode": "vcpu->mode: OUTSIDE_GUEST_MODE, IN_GUEST_MODE, EXITING_GUEST_MODE or READING_SHADOW_PAGE_TABLES",
     "vcpus[i].ipis": "IPIs sent to this vCPU so far",
@@ -255,6 +260,9 @@ block.op("kvm_vcpu_block", [V], "str",
 block.op("make_runnable", [V, Arg("kick", "bool", optional=True, default=True)], "none",
          "An event makes kvm_arch_vcpu_runnable(@vcpu) true (e.g. an interrupt), then kicks it.")
 block.op("send_signal", [V], "none", "A signal becomes pending for the vCPU thread, which is woken.")
+block.op("expire_timer", [V], "none",
+         "x86: the vCPU's LAPIC timer expires (apic_timer_expired() from the timer function): "
+         "kvm_cpu_has_pending_timer() becomes true, KVM_REQ_UNBLOCK is made and the vCPU is kicked.")
 block.observables.update({
     "vcpus[i].sleeping": "the vCPU thread waits on its wait queue",
     "vcpus[i].runnable": "kvm_arch_vcpu_runnable()",

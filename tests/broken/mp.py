@@ -14,7 +14,9 @@ from pytest_kvmconf.backends.reference.mp import MpVcpu, Steps
 from pytest_kvmconf.facets.mp import (
     KVM_CAP_ARM_SYSTEM_SUSPEND,
     KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_INIT_RECEIVED,
     KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_SIPI_RECEIVED,
     KVM_MP_STATE_STOPPED,
     KVM_MP_STATE_SUSPENDED,
     KVM_MP_STATE_UNINITIALIZED,
@@ -60,6 +62,13 @@ class RejectedSetStillStores(ReferenceMachine):
         if not self._mp_accepts(state):
             self.mp_vcpus[vcpu].state = state
         return (yield from super().kvm_set_mp_state(ctx, vcpu, state))
+
+
+class SetRefusesInitReceived(ReferenceMachine):
+    """x86 KVM_SET_MP_STATE refuses INIT_RECEIVED and SIPI_RECEIVED even with the in-kernel irqchip."""
+
+    def _mp_accepts(self, state: int) -> bool:
+        return state not in (KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_SIPI_RECEIVED) and super()._mp_accepts(state)
 
 
 class HltExitsWithIrqchip(ReferenceMachine):
@@ -266,6 +275,7 @@ BROKEN: dict[type, tuple[str, str]] = {
     ApReadAsLoad: ("MP-01", "6.18"),
     SetAcceptsAnyState: ("MP-02", "6.18"),
     RejectedSetStillStores: ("MP-02", "6.18"),
+    SetRefusesInitReceived: ("MP-02", "6.18"),
     HltExitsWithIrqchip: ("MP-03.a", "6.18"),
     HltWithoutIrqchipSetsHalted: ("MP-03.b", "6.18"),
     IgnoresImmediateExit: ("MP-04", "6.18"),

@@ -17,6 +17,7 @@ from pytest_kvmconf.facets.requests import (
     KVM_REQUEST_NO_WAKEUP,
     KVM_REQUEST_WAIT,
     OUTSIDE_GUEST_MODE,
+    READING_SHADOW_PAGE_TABLES,
 )
 from pytest_kvmconf.scheduling import Point, Wait
 
@@ -402,3 +403,39 @@ class RequesterOverwrites(ReferenceMachine):
         for v in self.vcpus:
             v.requests = 0
         return (yield from super().kvm_make_all_cpus_request(ctx, req))
+
+
+@variant("REQ-06", doc="kvm_make_all_cpus_request returns true whether or not it sent an IPI")
+class MakeAllAlwaysTrue(ReferenceMachine):
+    def kvm_make_all_cpus_request(self, ctx, req):
+        yield from super().kvm_make_all_cpus_request(ctx, req)
+        return True
+
+
+@variant("REQ-08", doc="a kick that wakes a sleeping vCPU sends it an IPI as well")
+class KickWakesAndIpis(ReferenceMachine):
+    def kvm_vcpu_kick(self, ctx, vcpu):
+        v = self.vcpus[vcpu]
+        if self._wake_up(v):
+            self._send_ipi(v)
+            yield Point(f"kvm_vcpu_wake_up(vcpu{vcpu}): woke it, and an IPI")
+            return
+        yield from super().kvm_vcpu_kick(ctx, vcpu)
+
+
+@variant("REQ-09", doc="a plain kick treats READING_SHADOW_PAGE_TABLES as guest mode and sends an IPI")
+class KickIpisShadowWalk(ReferenceMachine):
+    def kvm_vcpu_kick(self, ctx, vcpu):
+        v = self.vcpus[vcpu]
+        if v.mode == READING_SHADOW_PAGE_TABLES and not v.sleeping:
+            self._send_ipi(v)
+            yield Point(f"vcpu{vcpu} READING_SHADOW_PAGE_TABLES: IPI")
+            return
+        yield from super().kvm_vcpu_kick(ctx, vcpu)
+
+
+@variant("REQ-13", doc="without KVM_REQUEST_WAIT the IPI condition is still 'not OUTSIDE_GUEST_MODE'")
+class PlainRequestIpisShadowWalk(ReferenceMachine):
+    def _needs_ipi(self, v, req):
+        old = self._exiting_guest_mode(v)
+        return old, old != OUTSIDE_GUEST_MODE

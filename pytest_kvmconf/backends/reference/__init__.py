@@ -20,7 +20,8 @@ from .spte import SpteModel
 #: capabilities to CAPABILITIES.
 MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel, AttrModel, MpModel)
 CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "locking", "spte", "attr",
-                          "mp", "system_events", "userspace_obligations"})
+                          "mp", "system_events", "userspace_obligations",
+                          "model_counters"})
 
 
 class ReferenceMachine(FacetMachine, *MIXINS):  # type: ignore[misc]

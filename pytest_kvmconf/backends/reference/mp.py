@@ -7,6 +7,10 @@ The scheduling points are the userspace-visible ones: the write of
 returns or waits (idle) for what would make it return: a signal, or a wake-up
 event. Each rule is a small method named after what it decides, so a broken
 variant in tests/broken/mp.py overrides exactly one.
+
+Deviation from Linux, on purpose: kvm_arch_vcpu_ioctl_set_mpstate() (arch/x86/kvm/x86.c) also
+refuses INIT_RECEIVED and SIPI_RECEIVED while INIT is blocked (SMM, VMX non-root or GIF=0) or an
+SMI is pending; these vCPUs are never in such a state, so the branch is left out (MP-02 says so).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 from ...backend import MachineConfig, ThreadContext
 from ...facets.mp import (
+    EAGAIN,
     EINTR,
     EINVAL,
     GUEST_PROGRAMS,
@@ -289,7 +294,7 @@ class MpModel:
             v.settled += 1
         if result["exit_reason"] is not None:
             v.exit_reason = result["exit_reason"]
-        shown = "-EINTR" if result["ret"] == -EINTR else result["ret"]
+        shown = {-EINTR: "-EINTR", -EAGAIN: "-EAGAIN"}.get(result["ret"], result["ret"])
         yield Point(f"KVM_RUN returns {shown}, exit_reason {v.exit_reason}")
         return run_result(result["ret"], v.exit_reason, result["system_event"], result["port"])
 
@@ -309,6 +314,8 @@ class MpModel:
             if v.sipi_pending:
                 self._mp_read(v)
                 return None, None
+            if v.state == KVM_MP_STATE_UNINITIALIZED:
+                return self._mp_uninitialized(v)
             return self._mp_block(v, f"{MP_STATE_NAMES[v.state]}: waits for INIT/SIPI", False)
         if v.state == KVM_MP_STATE_HALTED:
             if v.wakeup_pending and v.pc != "in_handler":
@@ -326,6 +333,14 @@ class MpModel:
                 return None, None
             return run_result(0, KVM_EXIT_HLT), None
         return self._mp_program(v)
+
+    def _mp_uninitialized(self, v: MpVcpu) -> tuple[dict | None, Wait | None]:
+        """kvm_arch_vcpu_ioctl_run() (arch/x86/kvm/x86.c) of an UNINITIALIZED AP: kvm_vcpu_block()
+        until something makes it runnable (here an NMI, which stays pending and so ends every later
+        block at once), then -EAGAIN unless a signal is pending."""
+        if v.wakeup_pending:
+            return run_result(-EAGAIN, v.exit_reason), None  # kvm_run->exit_reason untouched
+        return self._mp_block(v, "KVM_MP_STATE_UNINITIALIZED: kvm_vcpu_block() until an event", True)
 
     def _mp_step_arm(self, v: MpVcpu) -> tuple[dict | None, Wait | None]:
         if v.state == KVM_MP_STATE_STOPPED:

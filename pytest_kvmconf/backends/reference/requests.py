@@ -67,6 +67,8 @@ class VCpu:
     sleeping: bool = False  # on the wait queue (rcuwait)
     in_schedule: bool = False  # gave up the CPU in schedule()
     woken: bool = False  # TASK_RUNNING again after set_current_state
+    interruptible: bool = False  # TASK_INTERRUPTIBLE: set_current_state() done, not woken since
+    timer_pending: bool = False  # kvm_cpu_has_pending_timer()
     wakeups: int = 0
     runnable: bool = False  # kvm_arch_vcpu_runnable()
     signal_pending: bool = False
@@ -188,14 +190,16 @@ class RequestsModel:
         return self.memory.cmpxchg(v, "mode", IN_GUEST_MODE, EXITING_GUEST_MODE)
 
     def _wake_up(self, v: VCpu) -> bool:
-        """kvm_vcpu_wake_up(): wake the task waiting on the vCPU's rcuwait, if any. rcuwait_wake_up()
-        starts with smp_mb(): the waker's writes are visible to the woken task's check."""
+        """kvm_vcpu_wake_up(): rcuwait_wake_up() on the vCPU's rcuwait. True only if it woke the
+        task: wake_up_process() of a task already running (before its set_current_state(), or
+        woken once already) returns 0, and kvm_vcpu_kick() goes on to its IPI check.
+        rcuwait_wake_up() starts with smp_mb(): the waker's writes are visible to the woken task's check."""
         self.memory.smp_mb()
-        if not v.sleeping:
+        if not v.sleeping or not v.interruptible:
             return False
-        if not v.woken:
-            v.woken = True
-            v.wakeups += 1
+        v.interruptible = False
+        v.woken = True
+        v.wakeups += 1
         return True
 
     def kvm_vcpu_kick(self, ctx: ThreadContext, vcpu: int) -> Steps:
@@ -275,24 +279,36 @@ class RequestsModel:
 
     # -- posted interrupts --------------------------------------------------
     def post_interrupt(self, ctx: ThreadContext, vcpu: int, vector: int = 32) -> Steps:
+        """vmx_deliver_posted_interrupt() (arch/x86/kvm/vmx/vmx.c): set the PIR bit and PIR.ON;
+        if either was already set a notification is already on its way: nothing more."""
         v = self.vcpus[vcpu]
-        self._pi_set_pir_and_on(v, vector)
+        already = self._pi_set_pir_and_on(v, vector)
         yield Point(f"pi_test_and_set_pir({vector}); pi_test_and_set_on()")
+        if already:
+            yield Point(f"vcpu{v.id} PIR.ON was already set: no notification")
+            return
         yield from self._pi_notify(v)
 
-    def _pi_set_pir_and_on(self, v: VCpu, vector: int) -> None:
+    def _pi_set_pir_and_on(self, v: VCpu, vector: int) -> bool:
         """Value-returning atomics: fully ordered, so PIR.ON is set before vcpu->mode is read (the
-        barrier pairs with the smp_mb() after setting IN_GUEST_MODE)."""
-        self.memory.rmw(v, "pir", lambda pir: pir | {vector}, f"pi_test_and_set_pir({vector})")
-        self.memory.rmw(v, "pir_on", lambda on: True, "pi_test_and_set_on()")
+        barrier pairs with the smp_mb() after setting IN_GUEST_MODE). True if the PIR bit, or else
+        PIR.ON, was set already (pi_test_and_set_pir() / pi_test_and_set_on())."""
+        old_pir = self.memory.rmw(v, "pir", lambda pir: pir | {vector}, f"pi_test_and_set_pir({vector})")
+        if vector in old_pir:
+            return True
+        return bool(self.memory.rmw(v, "pir_on", lambda on: True, "pi_test_and_set_on()"))
 
     def _pi_notify(self, v: VCpu) -> Steps:
+        """kvm_vcpu_trigger_posted_interrupt(): the notification IPI if IN_GUEST_MODE, else a
+        wake-up in case the vCPU blocks (it syncs PIR to IRR at its next entry)."""
         mode = self.memory.read_once(v, "mode")
         if mode == IN_GUEST_MODE:
             self._send_pi_notification(v)
             yield Point(f"vcpu{v.id} IN_GUEST_MODE: notification IPI sent")
         else:
-            yield Point(f"vcpu{v.id} mode {MODE_NAMES[mode]}: no notification, the vCPU syncs PIR at entry")
+            woke = self._wake_up(v)
+            yield Point(f"vcpu{v.id} mode {MODE_NAMES[mode]}: no notification; kvm_vcpu_wake_up() "
+                        + ("woke it" if woke else "found no sleeping task"))
 
     def _send_pi_notification(self, v: VCpu) -> None:
         if v.in_guest:
@@ -418,9 +434,12 @@ class RequestsModel:
 
     # -- sleeping vCPUs -------------------------------------------------------
     def _check_block(self, v: VCpu) -> str | None:
-        """kvm_vcpu_check_block(): why to stop blocking, in the kernel's order."""
-        if v.runnable:
+        """kvm_vcpu_check_block(): why to stop blocking, in the kernel's order. A posted
+        interrupt still in the PIR makes the vCPU runnable (kvm_cpu_has_interrupt())."""
+        if v.runnable or v.pir_on:
             return "runnable"
+        if v.timer_pending:
+            return "timer"
         if v.signal_pending:
             return "signal"
         if not self.old_text and self._check_request(v, KVM_REQ_UNBLOCK & KVM_REQUEST_MASK):
@@ -433,6 +452,7 @@ class RequestsModel:
         yield Point("prepare_to_rcuwait(): on the wait queue")
         while True:
             v.woken = False  # set_current_state(TASK_INTERRUPTIBLE), before the check: smp_store_mb()
+            v.interruptible = True
             self.memory.smp_mb()
             reason = self._check_block(v)
             yield Point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
@@ -443,6 +463,7 @@ class RequestsModel:
             v.in_schedule = False
         v.sleeping = False
         v.woken = False
+        v.interruptible = False  # __set_current_state(TASK_RUNNING)
         v.block_result = reason
         yield Point("finish_rcuwait()")
         if self.old_text and reason == "runnable":
@@ -454,6 +475,15 @@ class RequestsModel:
         yield Point(f"vcpu{vcpu} becomes runnable (kvm_arch_vcpu_runnable)")
         if kick:
             yield from self.kvm_vcpu_kick(ctx, vcpu)
+
+    def expire_timer(self, ctx: ThreadContext, vcpu: int) -> Steps:
+        """apic_timer_expired(from_timer_fn=true) in arch/x86/kvm/lapic.c: the timer is pending
+        (kvm_cpu_has_pending_timer()), KVM_REQ_UNBLOCK is made, the vCPU is kicked."""
+        v = self.vcpus[vcpu]
+        v.timer_pending = True
+        yield Point(f"atomic_inc(&vcpu{vcpu}->lapic_timer.pending)")
+        yield from self._set_request_bit(v, KVM_REQ_UNBLOCK)
+        yield from self.kvm_vcpu_kick(ctx, vcpu)
 
     def send_signal(self, ctx: ThreadContext, vcpu: int) -> Steps:
         v = self.vcpus[vcpu]

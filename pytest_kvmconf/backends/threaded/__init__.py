@@ -26,7 +26,8 @@ from .spte import SpteThreads
 #: capabilities to CAPABILITIES.
 MIXINS: tuple[type, ...] = (RequestsThreads, SpteThreads, AttrThreads, LockingThreads, MpThreads)
 CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "spte", "attr", "locking",
-                          "mp", "system_events", "userspace_obligations"})
+                          "mp", "system_events", "userspace_obligations",
+                          "model_counters"})
 
 
 class ThreadedMachine(FacetMachine, *MIXINS):  # type: ignore[misc]

@@ -26,6 +26,10 @@ The rules (which states each architecture accepts, what a guest program does,
 when KVM_RUN returns) are the reference model's (:mod:`..reference.mp`),
 written here over the vCPU's own structures; the scheduling points carry the
 same labels so a schedule replays step for step on both backends.
+
+Deviation from Linux, on purpose: kvm_arch_vcpu_ioctl_set_mpstate() (arch/x86/kvm/x86.c) also
+refuses INIT_RECEIVED and SIPI_RECEIVED while INIT is blocked (SMM, VMX non-root or GIF=0) or an
+SMI is pending; these vCPUs are never in such a state, so the branch is left out (MP-02 says so).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 from ...backend import MachineConfig, ThreadContext
 from ...engine.threads import wait_on
 from ...facets.mp import (
+    EAGAIN,
     EINTR,
     EINVAL,
     GUEST_PROGRAMS,
@@ -331,7 +336,7 @@ class MpThreads:
                 v.settle.notify_all()
             v.exit_reason = result["exit_reason"]
             exit_reason = v.exit_reason
-        shown = "-EINTR" if result["ret"] == -EINTR else result["ret"]
+        shown = {-EINTR: "-EINTR", -EAGAIN: "-EAGAIN"}.get(result["ret"], result["ret"])
         point(f"KVM_RUN returns {shown}, exit_reason {exit_reason}")
         return run_result(result["ret"], exit_reason, result["system_event"], result["port"])
 
@@ -378,6 +383,12 @@ class MpThreads:
             if v.sipi_pending:
                 self._mp_read(v)
                 return None, None
+            if v.state == KVM_MP_STATE_UNINITIALIZED:
+                # kvm_arch_vcpu_ioctl_run(): kvm_vcpu_block() until an event (an NMI, which stays
+                # pending), then -EAGAIN; kvm_run->exit_reason is left alone.
+                if v.wakeup_pending:
+                    return run_result(-EAGAIN, v.exit_reason), None
+                return None, Block("KVM_MP_STATE_UNINITIALIZED: kvm_vcpu_block() until an event", True)
             return None, Block(f"{MP_STATE_NAMES[v.state]}: waits for INIT/SIPI", False)
         if v.state == KVM_MP_STATE_HALTED:
             if v.wakeup_pending and v.pc != "in_handler":

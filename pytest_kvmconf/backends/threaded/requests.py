@@ -77,6 +77,8 @@ class VCpu:
         self.sleeping = False  # prepare_to_rcuwait() .. finish_rcuwait()
         self.in_schedule = False  # gave up the CPU in schedule()
         self.woken = False  # TASK_RUNNING again after set_current_state()
+        self.interruptible = False  # TASK_INTERRUPTIBLE: set_current_state() done, not woken since
+        self.timer_pending = False  # kvm_cpu_has_pending_timer()
         self.wakeups = 0
         self.runnable = False
         self.signal_pending = False
@@ -207,14 +209,15 @@ class RequestsThreads:
 
     # -- kicks ----------------------------------------------------------------
     def kvm_vcpu_wake_up(self, v: VCpu) -> bool:
-        """rcuwait_wake_up(): set the sleeping task running, if there is one."""
+        """rcuwait_wake_up(): set the task on the rcuwait running. True only if it was not
+        running (wake_up_process() of a running task returns 0, and the kick goes on)."""
         with v.wq_lock:
-            if not v.sleeping:
+            if not v.sleeping or not v.interruptible:
                 return False
-            if not v.woken:
-                v.woken = True
-                v.wakeups += 1
-                v.wq.notify_all()
+            v.interruptible = False
+            v.woken = True
+            v.wakeups += 1
+            v.wq.notify_all()
             return True
 
     def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
@@ -300,17 +303,26 @@ class RequestsThreads:
 
     # -- posted interrupts ------------------------------------------------------
     def post_interrupt(self, ctx: ThreadContext, vcpu: int, vector: int = 32) -> None:
+        """vmx_deliver_posted_interrupt(): nothing more if the PIR bit or PIR.ON was already set."""
         v = self.vcpus[vcpu]
         with v.pi_lock:
+            was_set, was_on = vector in v.pir, v.pir_on
             v.pir.add(vector)
-            v.pir_on = True
+            if not was_set:
+                v.pir_on = True
         point(f"pi_test_and_set_pir({vector}); pi_test_and_set_on()")
-        # smp_mb__after_atomic(): PIR.ON is set before vcpu->mode is read.
-        if v.mode.read() == IN_GUEST_MODE:
+        if was_set or was_on:
+            point(f"vcpu{v.id} PIR.ON was already set: no notification")
+            return
+        # The atomic test-and-set of PIR.ON is ordered before the read of vcpu->mode.
+        mode = v.mode.read()
+        if mode == IN_GUEST_MODE:
             self.send_pi_notification(v)
             point(f"vcpu{v.id} IN_GUEST_MODE: notification IPI sent")
         else:
-            point(f"vcpu{v.id} mode {MODE_NAMES[v.mode.read()]}: no notification, the vCPU syncs PIR at entry")
+            woke = self.kvm_vcpu_wake_up(v)  # kvm_vcpu_trigger_posted_interrupt(): in case it blocks
+            point(f"vcpu{v.id} mode {MODE_NAMES[mode]}: no notification; kvm_vcpu_wake_up() "
+                  + ("woke it" if woke else "found no sleeping task"))
 
     def send_pi_notification(self, v: VCpu) -> None:
         with v.cpu_lock:
@@ -420,9 +432,14 @@ class RequestsThreads:
 
     # -- sleeping vCPUs ------------------------------------------------------------
     def kvm_vcpu_check_block(self, v: VCpu) -> str | None:
-        """Why to stop blocking, in the kernel's order (KVM_REQ_UNBLOCK is consumed)."""
-        if v.runnable:
+        """Why to stop blocking, in the kernel's order (KVM_REQ_UNBLOCK is consumed); a posted
+        interrupt still in the PIR makes the vCPU runnable."""
+        with v.pi_lock:
+            posted = v.pir_on
+        if v.runnable or posted:
             return "runnable"
+        if v.timer_pending:
+            return "timer"
         if v.signal_pending:
             return "signal"
         if not self.old_text and v.requests.test_and_clear_bit(KVM_REQ_UNBLOCK):
@@ -441,6 +458,7 @@ class RequestsThreads:
         with v.wq_lock:
             v.sleeping = False
             v.woken = False
+            v.interruptible = False  # __set_current_state(TASK_RUNNING)
         v.block_result = reason
         point("finish_rcuwait()")
         if self.old_text and reason == "runnable":
@@ -452,6 +470,7 @@ class RequestsThreads:
         *before* the condition, so a wake-up after the check is not lost."""
         with v.wq_lock:
             v.woken = False
+            v.interruptible = True
         reason = self.kvm_vcpu_check_block(v)
         point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
         if reason is None:
@@ -467,6 +486,14 @@ class RequestsThreads:
         point(f"vcpu{vcpu} becomes runnable (kvm_arch_vcpu_runnable)")
         if kick:
             self.kvm_vcpu_kick(ctx, vcpu)
+
+    def expire_timer(self, ctx: ThreadContext, vcpu: int) -> None:
+        """apic_timer_expired(from_timer_fn=true): pending timer, KVM_REQ_UNBLOCK, kick."""
+        v = self.vcpus[vcpu]
+        v.timer_pending = True
+        point(f"atomic_inc(&vcpu{vcpu}->lapic_timer.pending)")
+        self.set_request_bit(v, KVM_REQ_UNBLOCK)
+        self.kvm_vcpu_kick(ctx, vcpu)
 
     def send_signal(self, ctx: ThreadContext, vcpu: int) -> None:
         v = self.vcpus[vcpu]
