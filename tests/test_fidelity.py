@@ -109,11 +109,12 @@ def test_linux_like_backend_fails_exactly_the_shipped_linux_entries(pytester: py
     pytester.makeconftest(LINUX_CONFTEST)
     common = ("-p", "no:cacheprovider", "--kvm-backend=linux-like", "--kvm-expect=linux", "-rxXfE", "-q")
     # Every other spec holds (a quick run: the backend is the reference but for a few rules) ...
-    rest = pytester.runpytest(*common, "--kvm-profile=quick", "-k", " and ".join(f"not {g}" for g in listed))
+    # (In a subprocess: hypothesis' settings profile is process-wide, and other tests load theirs.)
+    rest = pytester.runpytest_subprocess(*common, "--kvm-profile=quick", "-k", " and ".join(f"not {g}" for g in listed))
     assert rest.ret == 0 and set(rest.parseoutcomes()) <= {"passed", "skipped", "deselected"}, \
         rest.stdout.str()[-3000:]
     # ... and each listed one is violated, with hypothesis' default budget, as a known violation.
-    known = pytester.runpytest(*common, "-k", " or ".join(listed))
+    known = pytester.runpytest_subprocess(*common, "--kvm-profile=default", "-k", " or ".join(listed))
     xfailed = sorted(line.split()[1].rsplit("::", 1)[-1] for line in known.outlines if line.startswith("XFAIL "))
     assert known.ret == 0 and xfailed == listed, known.stdout.str()[-3000:]
 
