@@ -10,11 +10,17 @@ Prints three tables:
    hypothesis' own cost);
 3. per broken variant in tests/broken/requests.py: examples until its spec caught it, over several
    seeds (target: every variant within 100).
+
+Times are CPU time of the process (time.process_time), with the load average printed before and
+after, because these machines are shared. This table is the engine's own speed; what a user pays
+per example (hypothesis included, every guarantee, free mode's repetitions) is
+benchmarks/bench_user.py's headline.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -45,9 +51,9 @@ def bare_cost(g, version: str, n: int) -> float:
     def bare(schedule):
         pass
 
-    start = time.perf_counter()
+    start = time.process_time()
     bare()
-    return (time.perf_counter() - start) / n
+    return (time.process_time() - start) / n
 
 
 def engine_cost(g, version: str, n: int) -> tuple[float, int]:
@@ -60,9 +66,9 @@ def engine_cost(g, version: str, n: int) -> tuple[float, int]:
     @given(schedule_strategy(g, version))
     def full(schedule):
         nonlocal spent, count
-        start = time.perf_counter()
+        start = time.process_time()
         run_schedule(g, b, schedule, options)
-        spent += time.perf_counter() - start
+        spent += time.process_time() - start
         count += 1
 
     full()
@@ -99,6 +105,11 @@ def examples_to_catch(g, b, version: str, s: int, budget: int) -> int | None:
     return None
 
 
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=300, help="schedules per spec for the speed table")
@@ -107,6 +118,7 @@ def main() -> None:
     args = ap.parse_args()
 
     guarantees = {g.id: g for g in load_files(spec_files([ROOT / "specs"])) if g.id.startswith("REQ-")}
+    print(f"CPU time; {load()}")
     print(f"{'spec':<10}{'engine sched/s':>16}{'hypothesis us/ex':>18}{'engine us/sched':>17}{'engine/hyp':>12}")
     total_engine = total_bare = 0.0
     total_n = 0
@@ -139,6 +151,7 @@ def main() -> None:
                 worst = args.budget + 1
             print(f"{name:<24}{gid:<10}{shown:<34}{med:>7}{top!s:>6}")
     print(f"\nworst case: {worst} examples (target: every variant within {args.budget})")
+    print(f"after: {load()}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from . import conformance, expectations, hookspecs, profiles, progress
+from . import backend_check, conformance, expectations, hookspecs, profiles, progress
 from . import replay as replays
 from .collect import SpecFile
 from .registry import BackendError, bundled, entry_point_backends, resolve
@@ -205,6 +205,11 @@ def pytest_configure(config: pytest.Config) -> None:
             state.backend()  # fail early, with the list of known backends
         except BackendError as exc:
             raise pytest.UsageError(str(exc)) from None
+        errors, warnings = backend_check.problems(state.backend())
+        if errors:
+            raise pytest.UsageError("\n".join(errors))
+        for text in warnings:
+            config.issue_config_time_warning(backend_check.BackendWarning(text), stacklevel=2)
     profiles.profile_name(config)  # a wrong kvm_profile ini value fails here, not per item
     expectations.configure(config, state.backend() if paths else None)
     conformance.configure(config)
