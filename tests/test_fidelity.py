@@ -361,3 +361,14 @@ def test_kvm_run_of_an_uninitialized_ap_returns_eagain_once_woken() -> None:
             next(gen)
     except StopIteration as stop:
         assert stop.value["ret"] == -EAGAIN
+
+
+def test_mp_09b_checks_what_the_guest_reads(tmp_path: Path) -> None:
+    from .broken.mp import BROKEN
+    from .broken.mp import backend as broken_mp
+
+    silent = broken_mp(next(m for m in BROKEN if m.__name__ == "SuspendIgnoredReturnsSuccess"))
+    assert verdict("MP-09.b", silent) is not None
+    g = as_it_was(tmp_path, "MP-09.b", "api-mp-state.toml",
+                  'final = "regs is not None and regs.x0 == PSCI_RET_NOT_SUPPORTED"', 'final = "True"')
+    assert run(g, silent) is None  # no exit was all it checked

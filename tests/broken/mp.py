@@ -23,6 +23,7 @@ from pytest_kvmconf.facets.mp import (
     KVM_SYSTEM_EVENT_SHUTDOWN,
     KVM_SYSTEM_EVENT_SUSPEND,
     KVM_SYSTEM_EVENT_WAKEUP,
+    PSCI_RET_NOT_SUPPORTED,
     arm64_mp_states,
 )
 from pytest_kvmconf.scheduling import Point
@@ -213,6 +214,16 @@ class SuspendExitWithoutCapability(ReferenceMachine):
         self.mp_system_suspend = True
 
 
+class SuspendIgnoredReturnsSuccess(ReferenceMachine):
+    """With the capability off, PSCI SYSTEM_SUSPEND makes no exit, but the guest reads SUCCESS (0)."""
+
+    def _mp_program(self, v: MpVcpu):
+        result = super()._mp_program(v)
+        if v.regs.get("x0") == PSCI_RET_NOT_SUPPORTED:
+            v.regs["x0"] = 0
+        return result
+
+
 class SystemSuspendOnEveryArch(ReferenceMachine):
     """KVM_CAP_ARM_SYSTEM_SUSPEND is offered and can be enabled on x86 too."""
 
@@ -293,6 +304,7 @@ BROKEN: dict[type, tuple[str, str]] = {
     RunnableAfterWakeupIgnored: ("MP-08.c", "6.18"),
     SuspendClobbersArguments: ("MP-09.a", "6.18"),
     SuspendExitWithoutCapability: ("MP-09.b", "6.18"),
+    SuspendIgnoredReturnsSuccess: ("MP-09.b", "6.18"),
     SystemSuspendOnEveryArch: ("MP-10.a", "6.18"),
     ResetReportedAsShutdown: ("MP-10.b", "6.18"),
     SystemSuspendNotOffered: ("MP-10.c", "6.18"),
