@@ -86,7 +86,9 @@ def test_old_text_statement_is_skipped_with_reason_and_runs_under_its_version(py
 
 
 def test_violation_prints_timeline_and_a_replay_that_replays(broken_project: pytest.Pytester) -> None:
-    result = run(broken_project, "--kvm-backend=late-mode", "-k", "REQ-15")
+    # A fixed seed: the search meets this race after 9 to 73 examples (seeds 0-9, see the report's
+    # "examples to the first violation"), so an unseeded run of 100 may miss it.
+    result = run(broken_project, "--kvm-backend=late-mode", "-k", "REQ-15", "--hypothesis-seed=0")
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "REQ-15 violated: No lost request at guest entry" in out

@@ -45,7 +45,7 @@ def test_replay_of_a_module_backend_carries_its_environment(pytester: pytest.Pyt
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON"))}
     env["PYTHONPATH"] = f"{elsewhere}:{ROOT}"
     first = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kvm-backend=mybackend:make",
-                            "-k", "REQ-15"], cwd=pytester.path, env=env,
+                            "-k", "REQ-15", "--hypothesis-seed=0"], cwd=pytester.path, env=env,
                            capture_output=True, text=True, timeout=300)
     assert first.returncode == 1, first.stdout + first.stderr
     command = replay_command(first.stdout)
