@@ -13,7 +13,7 @@ from .collect import SpecFile
 from .registry import BackendError, bundled, entry_point_backends, resolve
 from .session import KEY, RunState, state_of
 from .spec.model import MEMORY_MODELS
-from .spec.versions import KNOWN_VERSIONS, NEWEST, parse_version
+from .spec.versions import KNOWN_VERSIONS, NEWEST, check_doc_version
 
 DEFAULT_BACKEND = "reference"
 
@@ -42,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only the spec folders given with --kvm-specs / kvm_specs")
     group.addoption("--kvm-doc-version", dest="kvm_doc_version", default=None, metavar="X.Y",
                     help=f"check the statements of this version of the documents "
-                         f"(known texts: {', '.join(KNOWN_VERSIONS)}; default {NEWEST})")
+                         f"(texts change at {', '.join(KNOWN_VERSIONS)}; default {NEWEST})")
     group.addoption("--kvm-replay", dest="kvm_replay", default=None, metavar="ID@FINGERPRINT:SCHEDULE",
                     help="replay exactly one schedule printed by a failure")
     group.addoption("--kvm-schedule", dest="kvm_schedule", default="controlled",
@@ -158,7 +158,7 @@ def pytest_configure(config: pytest.Config) -> None:
     opt = config.option
     doc_version = opt.kvm_doc_version or NEWEST
     try:
-        parse_version(doc_version)
+        doc_version = check_doc_version(doc_version)
     except ValueError as exc:
         raise pytest.UsageError(f"--kvm-doc-version: {exc}") from None
     memory_model = opt.kvm_memory_model or config.getini("kvm_memory_model") or "sc"

@@ -35,12 +35,13 @@ def KVM_ARCH_REQ_FLAGS(nr: int, flags: int) -> int:  # noqa: N802 - kernel name
     return (nr + KVM_REQUEST_ARCH_BASE) | flags
 
 
-# Current text (architecture independent).
+# Architecture-independent requests of include/linux/kvm_host.h; which exist (and which the
+# document lists) depends on the text, see the predicates below.
 KVM_REQ_TLB_FLUSH = 0 | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
 KVM_REQ_VM_DEAD = 1 | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
 KVM_REQ_UNBLOCK = 2
 KVM_REQ_OUTSIDE_GUEST_MODE = KVM_REQUEST_NO_ACTION | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
-# 4.13 text.
+# Requests of the older texts, with the bits VM_DEAD and UNBLOCK took over.
 KVM_REQ_MMU_RELOAD = 1 | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
 KVM_REQ_PENDING_TIMER = 2
 KVM_REQ_UNHALT = 3
@@ -57,33 +58,53 @@ ARCH_REQUESTS = {
     "KVM_REQ_PMU": KVM_ARCH_REQ_FLAGS(10, 0),
 }
 
-OLD_TEXT = ("4.13",)
+
+def _before(doc_version: str, release: str) -> bool:
+    from ..spec.versions import parse_version
+
+    return parse_version(doc_version) < parse_version(release)
 
 
 @cache
 def is_old_text(doc_version: str) -> bool:
-    """vcpu-requests.rst changed its request list after the 4.13 text."""
-    from ..spec.versions import parse_version
+    """The text has KVM_REQ_UNHALT (removed by "KVM: remove KVM_REQ_UNHALT", merged for 6.1)."""
+    return _before(doc_version, "6.1")
 
-    return parse_version(doc_version) < parse_version("6.2")
+
+@cache
+def has_unblock(doc_version: str) -> bool:
+    """KVM_REQ_UNBLOCK replaced KVM_REQ_PENDING_TIMER in 084071d5e922 (5.13)."""
+    return not _before(doc_version, "5.13")
+
+
+@cache
+def has_vm_dead(doc_version: str) -> bool:
+    """The text lists KVM_REQ_VM_DEAD (and no longer KVM_REQ_MMU_RELOAD) since e65a3b46b5b1 (5.18)."""
+    return not _before(doc_version, "5.18")
+
+
+@cache
+def _independent_names(doc_version: str) -> dict[str, int]:
+    names = {"KVM_REQ_TLB_FLUSH": KVM_REQ_TLB_FLUSH}
+    names.update({"KVM_REQ_VM_DEAD": KVM_REQ_VM_DEAD} if has_vm_dead(doc_version)
+                 else {"KVM_REQ_MMU_RELOAD": KVM_REQ_MMU_RELOAD})
+    names.update({"KVM_REQ_UNBLOCK": KVM_REQ_UNBLOCK} if has_unblock(doc_version)
+                 else {"KVM_REQ_PENDING_TIMER": KVM_REQ_PENDING_TIMER})
+    if is_old_text(doc_version):
+        names["KVM_REQ_UNHALT"] = KVM_REQ_UNHALT
+    if has_vm_dead(doc_version):
+        names["KVM_REQ_OUTSIDE_GUEST_MODE"] = KVM_REQ_OUTSIDE_GUEST_MODE
+    return names
 
 
 def arch_independent_requests(doc_version: str) -> tuple[int, ...]:
-    if is_old_text(doc_version):
-        return (KVM_REQ_TLB_FLUSH, KVM_REQ_MMU_RELOAD, KVM_REQ_PENDING_TIMER, KVM_REQ_UNHALT)
-    return (KVM_REQ_TLB_FLUSH, KVM_REQ_VM_DEAD, KVM_REQ_UNBLOCK)
+    """The requests the text's "Architecture Independent Requests" lists that log a request bit."""
+    return tuple(v for v in _independent_names(doc_version).values() if not v & KVM_REQUEST_NO_ACTION)
 
 
 def request_name(req: int, doc_version: str = "6.18") -> str:
     """The kernel name of a request number (with its flags), for timelines."""
-    names = (
-        {"KVM_REQ_TLB_FLUSH": KVM_REQ_TLB_FLUSH, "KVM_REQ_MMU_RELOAD": KVM_REQ_MMU_RELOAD,
-         "KVM_REQ_PENDING_TIMER": KVM_REQ_PENDING_TIMER, "KVM_REQ_UNHALT": KVM_REQ_UNHALT}
-        if is_old_text(doc_version)
-        else {"KVM_REQ_TLB_FLUSH": KVM_REQ_TLB_FLUSH, "KVM_REQ_VM_DEAD": KVM_REQ_VM_DEAD,
-              "KVM_REQ_UNBLOCK": KVM_REQ_UNBLOCK,
-              "KVM_REQ_OUTSIDE_GUEST_MODE": KVM_REQ_OUTSIDE_GUEST_MODE}
-    )
+    names = dict(_independent_names(doc_version))
     names.update(ARCH_REQUESTS)
     for name, value in names.items():
         if value == req:

@@ -30,7 +30,7 @@ from .model import (
     Step,
     Thread,
 )
-from .versions import VersionRange, parse_version
+from .versions import COMMIT_RE, VersionRange, parse_version
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +47,9 @@ GUARANTEE_KEYS = {
     "title": "one line saying what is guaranteed",
     "section": "section of the document",
     "quote": "the sentence of the document this checks",
-    "versions": "{ since = 'X.Y', until = 'X.Y' } document text versions stating it",
+    "versions": "{ since = 'X.Y', until = 'X.Y', since_commit = '<hex>', until_commit = '<hex>' } the "
+                "releases whose text states it, and the kernel commits that made and ended the statement",
+    "quote_until": "{ 'X.Y' = 'older words' }: the quote as texts up to release X.Y word it",
     "needs": "extra backend capabilities (operations already imply their facets)",
     "arch": "architecture the statement is about (x86_64, arm64, riscv)",
     "vcpus": "number of vCPUs: an integer or the name of a parameter",
@@ -185,6 +187,7 @@ class _Builder:
             if not isinstance(raw.get(k), str) or not raw[k].strip():
                 raise self.err(k, "required, a non-empty string")
         versions = self.versions(raw.get("versions"))
+        quote_until = self.quote_until(raw.get("quote_until"), versions)
         for name, spec in self.table("params").items():
             self.params[name] = self.param(f"params.{name}", name, spec)
         vcpus = self.vcpus(raw.get("vcpus", 1))
@@ -224,6 +227,7 @@ class _Builder:
             max_steps=max_steps, markers=(area, *sorted(f"needs_{n}" for n in needs)),
             locks=parse_lock_rules(self, raw.get("locks")),
             memory_models=memory_models,
+            quote_until=quote_until,
         )
 
     def memory_models(self, value: Any) -> tuple[str, ...]:
@@ -243,13 +247,45 @@ class _Builder:
     def versions(self, value: Any) -> VersionRange:
         if not isinstance(value, dict) or "since" not in value:
             raise self.err("versions", "required: { since = 'X.Y' } and optionally until = 'X.Y'")
-        _keys(self.path, self.gid, "versions", value, {"since": "", "until": ""})
-        try:
-            for v in value.values():
-                parse_version(v)
-        except ValueError as exc:
-            raise self.err("versions", str(exc)) from None
-        return VersionRange(str(value["since"]), value.get("until"))
+        _keys(self.path, self.gid, "versions", value,
+              {"since": "", "until": "", "since_commit": "", "until_commit": ""})
+        for k in ("since", "until"):
+            if k in value:
+                try:
+                    parse_version(value[k])
+                except ValueError as exc:
+                    raise self.err(f"versions.{k}", str(exc)) from None
+        for k in ("since_commit", "until_commit"):
+            if k in value and (not isinstance(value[k], str) or not COMMIT_RE.match(value[k])):
+                raise self.err(f"versions.{k}", f"a kernel commit id of 12 to 40 lower-case hex digits "
+                                                f"(got {value[k]!r})")
+        if "until_commit" in value and "until" not in value:
+            raise self.err("versions.until_commit", "until_commit cites the end of the range: give until too")
+        rng = VersionRange(str(value["since"]), value.get("until"), value.get("since_commit"),
+                           value.get("until_commit"))
+        if rng.until is not None and parse_version(rng.until) < parse_version(rng.since):
+            raise self.err("versions", f"until {rng.until} is before since {rng.since}")
+        return rng
+
+    def quote_until(self, value: Any, versions: VersionRange) -> tuple[tuple[str, str], ...]:
+        """Older wordings of the quote: (last release with these words, words), oldest first."""
+        if value is None:
+            return ()
+        if not isinstance(value, dict) or not value:
+            raise self.err("quote_until", "a table { 'X.Y' = 'the words of texts up to release X.Y' }")
+        out = []
+        for k, words in value.items():
+            try:
+                v = parse_version(k)
+            except ValueError as exc:
+                raise self.err(f"quote_until.{k}", str(exc)) from None
+            if not isinstance(words, str) or not words.strip():
+                raise self.err(f"quote_until.{k}", "the older words, a non-empty string")
+            if not versions.contains(k) or k == versions.until:
+                raise self.err(f"quote_until.{k}", f"{k} must be a release inside the range {versions} "
+                                                   f"and before its end")
+            out.append((v, k, " ".join(words.split())))
+        return tuple((k, w) for _, k, w in sorted(out))
 
     def param(self, key: str, name: str, spec: Any) -> Param:
         if not NAME_RE.match(name) or name in self.constants:

@@ -96,6 +96,17 @@ class Guarantee:
     locks: LockRules | None = None
     #: the memory models (engine.memory.MODELS) under which the document states it.
     memory_models: tuple[str, ...] = MEMORY_MODELS
+    #: older wordings of ``quote``: (last release whose text words it so, words), oldest first.
+    quote_until: tuple[tuple[str, str], ...] = ()
+
+    def quote_for(self, version: str) -> str:
+        """The quote in the words of the document text of release ``version``."""
+        from .versions import parse_version
+
+        for until, words in self.quote_until:
+            if parse_version(version) <= parse_version(until):
+                return words
+        return self.quote
 
     @property
     def has_exists(self) -> bool:

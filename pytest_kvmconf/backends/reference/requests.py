@@ -37,6 +37,8 @@ from ...facets.requests import (
     MODE_NAMES,
     OUTSIDE_GUEST_MODE,
     READING_SHADOW_PAGE_TABLES,
+    has_unblock,
+    has_vm_dead,
     is_old_text,
     request_name,
     vcpu_view,
@@ -95,6 +97,8 @@ class RequestsModel:
 
     def init_requests(self, config: MachineConfig) -> None:
         self.old_text = is_old_text(config.doc_version)
+        self.has_unblock = has_unblock(config.doc_version)
+        self.has_vm_dead = has_vm_dead(config.doc_version)
         self.vcpus = [VCpu(i) for i in range(config.vcpus)]
         self.ipis_sent = 0
         self.vm_dead = False
@@ -359,7 +363,7 @@ class RequestsModel:
             if nr == KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK:
                 v.tlb_gen = self.tlb_flushes_started
             yield Point(f"kvm_check_request({self.name(nr)}) = true: handled")
-            if nr == KVM_REQ_VM_DEAD & KVM_REQUEST_MASK and not self.old_text:
+            if nr == KVM_REQ_VM_DEAD & KVM_REQUEST_MASK and self.has_vm_dead:
                 yield Point("KVM_REQ_VM_DEAD: return -EIO")
                 return True
         return False
@@ -442,7 +446,7 @@ class RequestsModel:
             return "timer"
         if v.signal_pending:
             return "signal"
-        if not self.old_text and self._check_request(v, KVM_REQ_UNBLOCK & KVM_REQUEST_MASK):
+        if self.has_unblock and self._check_request(v, KVM_REQ_UNBLOCK & KVM_REQUEST_MASK):
             return "unblock"
         return None
 

@@ -36,6 +36,8 @@ from ...facets.requests import (
     MODE_NAMES,
     OUTSIDE_GUEST_MODE,
     READING_SHADOW_PAGE_TABLES,
+    has_unblock,
+    has_vm_dead,
     is_old_text,
     request_name,
     vcpu_view,
@@ -109,6 +111,8 @@ class RequestsThreads:
 
     def init_requests(self, config: MachineConfig) -> None:
         self.old_text = is_old_text(config.doc_version)
+        self.has_unblock = has_unblock(config.doc_version)
+        self.has_vm_dead = has_vm_dead(config.doc_version)
         self.vcpus = [VCpu(i) for i in range(config.vcpus)]
         self.ipis_sent = AtomicInt()
         self.vm_dead = False
@@ -366,7 +370,7 @@ class RequestsThreads:
             if nr == KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK:
                 v.tlb_gen = self.tlb_flushes_started.read()
             point(f"kvm_check_request({self.name(nr)}) = true: handled")
-            if nr == KVM_REQ_VM_DEAD & KVM_REQUEST_MASK and not self.old_text:
+            if nr == KVM_REQ_VM_DEAD & KVM_REQUEST_MASK and self.has_vm_dead:
                 point("KVM_REQ_VM_DEAD: return -EIO")
                 return True
 
@@ -442,7 +446,7 @@ class RequestsThreads:
             return "timer"
         if v.signal_pending:
             return "signal"
-        if not self.old_text and v.requests.test_and_clear_bit(KVM_REQ_UNBLOCK):
+        if self.has_unblock and v.requests.test_and_clear_bit(KVM_REQ_UNBLOCK):
             return "unblock"
         return None
 
