@@ -14,6 +14,8 @@ from __future__ import annotations
 from . import Arg, Facet, register
 
 DATA_SLOT_MODES = ("plain", "dirty_bitmap", "dirty_manual", "dirty_ring")
+#: Pages of the data slot; each pass of a guest writes one stamp into each.
+DATA_PAGES = 8
 #: change_data_slot(how): each is one or two KVM_SET_USER_MEMORY_REGION calls, or an mmap.
 DATA_SLOT_CHANGES = {
     "delete": "KVM_SET_USER_MEMORY_REGION with memory_size 0",

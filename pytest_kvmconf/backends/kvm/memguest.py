@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import ctypes
 
+from ...facets.memslots import DATA_PAGES
 from . import guest
 
 DATA_GPA = 0x10000  # real mode: ES = 0x1000 + i reaches it
-DATA_PAGES = 8
 PAGE = 0x1000
 DATA_SIZE = DATA_PAGES * PAGE
 #: Where the data slot goes when a spec moves it: above what real-mode ES can reach here.

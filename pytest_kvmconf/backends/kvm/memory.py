@@ -326,9 +326,9 @@ class MemoryOps:
             self._check_frozen()
         r = self.slots.get(DATA_SLOT)
         live = self._data_backing()
-        if how == "delete":
-            ret = self._set_region(DATA_SLOT, r.gpa if r else 0, 0, 0, "delete") if r else -2
-        elif how == "move":
+        if how == "delete":  # of a missing slot too: the kernel says -EINVAL
+            ret = self._set_region(DATA_SLOT, r.gpa if r else memguest.DATA_GPA, 0, 0, "delete")
+        elif how == "move":  # nothing to move: -ENOENT, no ioctl (it would create a slot)
             ret = self._set_region(DATA_SLOT, memguest.MOVED_GPA, r.hva, r.flags, "move") if r else -2
         elif how == "readonly":
             ret = self._recreate(r, r.hva if r else 0, memuapi.KVM_MEM_READONLY, "read-only")

@@ -12,16 +12,17 @@ from __future__ import annotations
 from ..compose import FacetBackend, FacetMachine
 from .attr import AttrModel
 from .locking import LockingModel
+from .memslots import MemslotsModel
 from .mp import MpModel
 from .requests import RequestsModel
 from .spte import SpteModel
 
 #: Facet mixins, in method resolution order. Add a facet here and its
 #: capabilities to CAPABILITIES.
-MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel, AttrModel, MpModel)
+MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel, AttrModel, MpModel, MemslotsModel)
 CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "locking", "spte", "attr",
                           "mp", "system_events", "userspace_obligations",
-                          "model_counters"})
+                          "model_counters", "memslots"})
 
 
 class ReferenceMachine(FacetMachine, *MIXINS):  # type: ignore[misc]
