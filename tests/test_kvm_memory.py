@@ -224,8 +224,10 @@ def memory_config(n: int, mode: str = "plain") -> Any:
 
 # -- skips ------------------------------------------------------------------------------------
 
-def test_the_models_skip_the_live_memory_specs_by_capability() -> None:
-    for b in (ReferenceBackend(), ThreadedBackend()):
+def test_the_threaded_model_skips_the_live_memory_specs_by_capability() -> None:
+    """The reference model has the memslots facet (tests/test_memslots_model.py); the threaded one not."""
+    assert "memslots" in ReferenceBackend().capabilities
+    for b in (ThreadedBackend(),):
         for gid in LIVE_MEMORY:
             g = guarantees()[gid]
             why = skip_reason(b, g.needs, g.arch, NEWEST)

@@ -86,7 +86,9 @@ def test_one_schedule_gives_the_same_results_on_the_model_and_the_kernel() -> No
         kernel = run_schedule(g, KvmBackend(), schedule, options)
         assert model.violation is None and kernel.violation is None, (model.violation, kernel.violation)
         assert returns(model) == returns(kernel)
-        assert (model.final_state["mem"]["mmio_writes"] > 0) == (kernel.final_state["mem"]["mmio_writes"] > 0) \
+        # Where the model's passes exit to userspace the kernel's do too; the kernel may show more
+        # (a guest write in the window between the delete and the create of a re-creation).
+        assert kernel.final_state["mem"]["mmio_writes"] > 0 or not model.final_state["mem"]["mmio_writes"] \
             or kernel.final_state["mem"]["undecided"]
         seen.append(returns(kernel))
 
