@@ -39,10 +39,10 @@ DOCUMENT_TEXTS: dict[str, tuple[DocumentText, ...]] = {
                      "documentation (KVM_REQ_VM_DEAD documented); with df06dae3f2a8 (KVM: Don't actually "
                      "set a request when evicting vCPUs for GFN cache invd), which documents "
                      "KVM_REQ_OUTSIDE_GUEST_MODE, in the same release"),
-        DocumentText("6.1", "ef688f8b8cd3", "merge of 'KVM: remove KVM_REQ_UNHALT' (Paolo Bonzini, "
-                     "2022-09-26): KVM_REQ_UNHALT and the section 'Clearing Requests' are removed"),
-        DocumentText("6.5", None, "Documentation: KVM: make corrections to vcpu-requests.rst "
-                     "(Randy Dunlap, 2023-06-16, merged with docs-6.5): 'awaken' becomes 'awakened'"),
+        DocumentText("6.1", "c59fb1275838", "KVM: remove KVM_REQ_UNHALT (merged for 6.1 by ef688f8b8cd3): "
+                     "KVM_REQ_UNHALT and the section 'Clearing Requests' are removed"),
+        DocumentText("6.5", "95b4d47a4450", "Documentation: KVM: make corrections to vcpu-requests.rst "
+                     "(Randy Dunlap): 'awaken' becomes 'awakened'"),
     ),
     "devices-vcpu.rst": (
         DocumentText("4.13", "99a1db7a2c9b", "KVM: arm/arm64: Allow setting the timer IRQ numbers from "
