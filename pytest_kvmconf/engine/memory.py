@@ -4,13 +4,14 @@ A backend that models the documents' barrier pairings routes each shared
 access through a :class:`Memory` with the kernel's names (``write_once``,
 ``read_once``, ``set_bit``, ``smp_mb``...). Under ``sc`` every access acts at
 once, as the plain Python code did. Under ``tso`` and ``lkmm`` stores wait in a
-per-thread *store buffer*, and under ``lkmm`` a thread may also go on reading a
-location's older value after a newer one reached memory (a *stale copy*, the
-invalidate queue of memory-barriers.txt's hardware view). The moment a buffered
-store reaches memory, or a stale copy is refreshed, is not decided here: each
-one is a :class:`MemoryEvent`, a runnable entity the runner offers its chooser
-beside the threads. So reorderings are ordinary scheduling decisions, on the
-same choice tape: they shrink and replay like thread switches.
+per-thread *store buffer*; under ``lkmm`` a store that reaches memory may also
+leave the other CPUs reading the location's older value (a *stale copy*: the
+invalidate queue of memory-barriers.txt's hardware view) until their next
+barrier. When a buffered store reaches memory, and whether the others see it at
+once, is not decided here: each possibility is a :class:`MemoryEvent`, a
+runnable entity the runner offers its chooser beside the threads. So
+reorderings are ordinary scheduling decisions on the same choice tape: they
+shrink and replay like thread switches.
 
 What the models produce (and what they cannot) is documented in
 docs/memory-models.md; in short:
@@ -25,8 +26,8 @@ docs/memory-models.md; in short:
   to one location keep their order, ``smp_wmb``/``smp_mb`` order the stores
   around them and ``smp_store_release`` follows everything before it. Loads may
   return a stale copy until ``smp_rmb``, ``smp_mb``, an acquire load, a fully
-  ordered atomic or an address dependency (``read_once(..., dep=True)``)
-  refreshes the thread's view. Value-returning atomics are fully ordered;
+  ordered atomic, the thread's own store to the location or an address
+  dependency (``read_once(..., dep=True)``) refreshes the thread's view. Value-returning atomics are fully ordered;
   ``smp_mb__{before,after}_atomic`` act as ``smp_mb``. Loads are never
   delayed, so load->store reordering (LB) is not produced, and all writes reach
   one memory, so non-multicopy-atomic outcomes (IRIW with smp_rmb) are not
@@ -132,19 +133,17 @@ class Memory:
             self.epochs[t] = 0
 
     # -- the runner's side ------------------------------------------------------
-    def events(self, readers: set[str]) -> list[MemoryEvent]:
-        """What may happen next besides a thread's step: a buffered store reaching memory
-        (each one allowed to go first), a stale copy refreshed (for threads in ``readers``,
-        the ones that can run and so read)."""
+    def events(self) -> list[MemoryEvent]:
+        """What may happen next besides a thread's step: a buffered store reaching memory (under
+        lkmm each one nothing orders after another, and either seen by every CPU at once or with
+        the other CPUs keeping their old copy until their next barrier)."""
         out: list[MemoryEvent] = []
         for t, buf in self.buffers.items():
             for i, s in enumerate(buf):
                 if i == 0 or (self.lkmm and not any(s.after(e) for e in buf[:i])):
-                    out.append(MemoryEvent(self, t, s, None))
+                    out.append(MemoryEvent(self, t, s, True))
         if self.lkmm:
-            for t in readers:
-                for key in self.stale.get(t, ()):
-                    out.append(MemoryEvent(self, t, None, key))
+            out += [MemoryEvent(self, e.name, e.store, False) for e in out]
         return out
 
     def take_notes(self) -> list[str]:
@@ -327,21 +326,23 @@ class Memory:
         for _ in range(last + 1):
             self._drain(thread, buf[0])
 
-    def _drain(self, thread: str, s: _Store) -> str:
+    def _drain(self, thread: str, s: _Store, everywhere: bool = True) -> str:
         self.buffers[thread].remove(s)
         old = _get(s.obj, s.field)
         new = s.value if s.op is None else s.op(old)
         _set(s.obj, s.field, new)
-        self._published(thread, s.obj, s.field, old)
-        return f"{location(s.obj, s.field)} = {show(new)} reaches memory ({s.name})"
+        self._published(thread, s.obj, s.field, old, everywhere)
+        where = "" if everywhere or new == old else ", the other CPUs keep their old copy"
+        return f"{location(s.obj, s.field)} = {show(new)} reaches memory ({s.name}{where})"
 
-    def _published(self, writer: str, obj: Any, field: Any, old: Any) -> None:
-        """A write reached memory: under lkmm every other thread may still see ``old``."""
+    def _published(self, writer: str, obj: Any, field: Any, old: Any, everywhere: bool = True) -> None:
+        """A write reached memory. Under lkmm the other threads either see it at once, or keep
+        reading ``old`` until their next barrier (their invalidate queue holds it back)."""
         if not self.lkmm:
             return
         key = (id(obj), field)
         for t, copies in self.stale.items():
-            if t == writer:
+            if t == writer or everywhere:
                 copies.pop(key, None)
             elif key not in copies and old != _get(obj, field):
                 copies[key] = (obj, field, old)
@@ -356,16 +357,16 @@ class Memory:
 
 
 class MemoryEvent(Handle):
-    """A store buffer draining one store, or a thread's stale copy refreshed: a runnable
-    entity of the scheduler. It draws in its thread's column of the timeline."""
+    """A store buffer draining one store: a runnable entity of the scheduler. It draws in its
+    thread's column of the timeline (the store is still that thread's write)."""
 
     current_op = ""
     returned = None
+    position = "store buffer"
 
-    def __init__(self, memory: Memory, thread: str, store: _Store | None, key: tuple[int, Any] | None):
-        self.memory, self.name, self.store, self.key = memory, thread, store, key
-        self.vcpu = memory.vcpu_of.get(thread)  # a drained store is still its thread's write
-        self.position = "store buffer" if store is not None else "stale copy"
+    def __init__(self, memory: Memory, thread: str, store: _Store, everywhere: bool):
+        self.memory, self.name, self.store, self.everywhere = memory, thread, store, everywhere
+        self.vcpu = memory.vcpu_of.get(thread)
         self.texts = []
 
     def runnable(self) -> bool:
@@ -375,16 +376,10 @@ class MemoryEvent(Handle):
         return False
 
     def advance(self) -> None:
-        m = self.memory
-        if self.store is not None:
-            self.texts = [m._drain(self.name, self.store)]
-            return
-        obj, field, old = m.stale[self.name].pop(self.key)
-        self.texts = [f"now sees {location(obj, field)} = {show(_get(obj, field))} (was {show(old)})"]
+        self.texts = [self.memory._drain(self.name, self.store, self.everywhere)]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, MemoryEvent) and (self.name, id(self.store), self.key) == \
-            (other.name, id(other.store), other.key)
+        return isinstance(other, MemoryEvent) and self.store is other.store and self.everywhere == other.everywhere
 
     def __hash__(self) -> int:
-        return hash((self.name, id(self.store), self.key))
+        return hash((id(self.store), self.everywhere))

@@ -159,7 +159,7 @@ class _Scheduler:
             while True:
                 runnable = [h for h in handles if not h.done and h.runnable()]
                 if memory is not None:
-                    runnable += memory.events({h.name for h in runnable})
+                    runnable += memory.events()
                 if not runnable:
                     break
                 if current is not None and current.returned is not None and current in runnable:
@@ -178,8 +178,13 @@ class _Scheduler:
                     h.advance()
                     if h in handles:  # after a store drains, the thread that ran goes on
                         current = h
-                    out.timeline.append(Entry(len(out.timeline) + 1, h.name,
-                                              (*h.texts, *memory.take_notes())))
+                    # What the accesses did goes before the label of the point they led to.
+                    texts, notes = h.texts, memory.take_notes()
+                    if notes and texts and h.returned is None:
+                        texts = [*texts[:-1], *notes, texts[-1]]
+                    else:
+                        texts = [*texts, *notes]
+                    out.timeline.append(Entry(len(out.timeline) + 1, h.name, tuple(texts)))
                 if len(out.timeline) > self.g.max_steps:
                     out.violation = Violation(
                         "livelock", f"no end after {self.g.max_steps} scheduling points "

@@ -1,0 +1,153 @@
+"""Weak memory: the barrier guarantees hold under tso and lkmm, and each missing barrier is caught
+exactly under the models that allow the reordering it lets in (never under sc)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_kvmconf.backends.reference import ReferenceBackend
+from pytest_kvmconf.backends.threaded import ThreadedBackend
+from pytest_kvmconf.engine.explore import ViolationFound, replay
+from pytest_kvmconf.engine.memory import Memory
+from pytest_kvmconf.engine.runner import RunOptions
+from pytest_kvmconf.report import timeline
+from pytest_kvmconf.spec.loader import SpecError, load_file
+
+from .bite import applicable, guarantees, verdict
+from .broken.barriers import VARIANTS, backend
+
+REQ_IDS = sorted(g for g in guarantees() if g.startswith("REQ-"))
+#: The reorderings some missing barriers let in need two or three scheduler decisions in a row
+#: (a store reaching memory early, another CPU keeping its old copy): hypothesis finds them within
+#: a few hundred examples, up to 1,200 for the worst seed (benchmarks/bench_memory.py); each costs ~1 ms.
+HUNT = 3000
+
+
+def doc_version_for(gid: str) -> str:
+    return "4.13" if gid.startswith("REQ-26") else "6.18"
+
+
+@pytest.mark.parametrize("model", ["tso", "lkmm"])
+@pytest.mark.parametrize("gid", REQ_IDS)
+def test_reference_holds_under_weak_memory(gid: str, model: str) -> None:
+    g = guarantees()[gid]
+    if not applicable(g, ReferenceBackend(), doc_version_for(gid)):
+        pytest.skip(f"{gid} is not a reference-model guarantee")
+    if model not in g.memory_models:
+        pytest.skip(f"{gid}'s document assumes {', '.join(g.memory_models)}")
+    found = verdict(gid, ReferenceBackend(), doc_version_for(gid), max_examples=50, memory_model=model)
+    assert found is None, str(found)
+
+
+CAUGHT = [(name, gid, model) for name, (_, gids, models, _) in VARIANTS.items() for gid in gids for model in models]
+NOT_CAUGHT = [(name, gid, model) for name, (_, gids, models, _) in VARIANTS.items() for gid in gids
+              for model in ("sc", "tso") if model not in models]
+
+
+@pytest.mark.parametrize("name,gid,model", CAUGHT)
+def test_missing_barrier_is_caught(name: str, gid: str, model: str) -> None:
+    found = verdict(gid, backend(name), max_examples=HUNT, memory_model=model)
+    assert isinstance(found, ViolationFound), \
+        f"{name} ({VARIANTS[name][3]}) was not caught by {gid} under {model} within {HUNT} examples"
+
+
+@pytest.mark.parametrize("name,gid,model", NOT_CAUGHT)
+def test_missing_barrier_is_harmless_where_the_model_forbids_the_reordering(name: str, gid: str, model: str) -> None:
+    found = verdict(gid, backend(name), max_examples=100, memory_model=model)
+    assert found is None, f"{name} was caught under {model}, which forbids its reordering: {found}"
+
+
+def test_every_barrier_guarantee_has_a_missing_barrier_variant() -> None:
+    covered = {gid for _, gids, _, _ in VARIANTS.values() for gid in gids}
+    assert {"REQ-14", "REQ-15", "REQ-16", "REQ-24"} <= covered
+
+
+def test_the_timeline_shows_the_reordering_and_the_replay_repeats_it() -> None:
+    found = verdict("REQ-15", backend("NoMbAfterInGuestMode"), shrink=True, memory_model="tso")
+    assert isinstance(found, ViolationFound)
+    drawn = timeline(found.outcome)
+    texts = [t for e in found.outcome.timeline for t in e.texts]
+    assert "WRITE_ONCE(vcpu0->mode, 1) waits in the store buffer" in texts, drawn
+    assert any(t.startswith("vcpu0->mode = 1 reaches memory") for t in texts), drawn
+    g = guarantees()["REQ-15"]
+    with pytest.raises(ViolationFound):
+        replay(g, backend("NoMbAfterInGuestMode"), RunOptions("6.18", memory_model="tso"), found.outcome.schedule)
+    # The same schedule under sc: no store buffer, so no bug.
+    replay(g, backend("NoMbAfterInGuestMode"), RunOptions("6.18"), found.outcome.schedule)
+
+
+def test_tso_forwards_its_own_store_and_drains_on_a_locked_instruction() -> None:
+    class Loc:
+        mem_name = "m"
+        x = 0
+        y = 0
+
+    m = Memory("tso")
+    m.start({"a": None, "b": None})
+    m.cpu = "a"
+    m.write_once(Loc, "x", 1)
+    assert m.read_once(Loc, "x") == 1 and Loc.x == 0  # forwarded, not yet in memory
+    m.cpu = "b"
+    assert m.read_once(Loc, "x") == 0
+    m.cpu = "a"
+    assert m.xchg(Loc, "y", 2) == 0 and Loc.x == 1  # the locked xchg drained the buffer first
+
+
+def test_lkmm_stale_copy_lasts_until_a_read_barrier() -> None:
+    class Loc:
+        mem_name = "m"
+        x = 0
+
+    m = Memory("lkmm")
+    m.start({"a": None, "b": None})
+    m.cpu = "a"
+    m.write_once(Loc, "x", 1)
+    (keep_old,) = [e for e in m.events() if not e.everywhere]
+    keep_old.advance()
+    m.cpu = "b"
+    assert Loc.x == 1 and m.read_once(Loc, "x") == 0
+    m.smp_rmb()
+    assert m.read_once(Loc, "x") == 1
+
+
+def test_weak_models_skip_where_they_cannot_be_simulated() -> None:
+    from pytest_kvmconf.backend import memory_skip_reason
+
+    g = guarantees()["REQ-18"]
+    assert "assumes the memory model sc" in memory_skip_reason(ReferenceBackend(), g.id, g.memory_models, "lkmm")
+    g = guarantees()["REQ-15"]
+    assert memory_skip_reason(ReferenceBackend(), g.id, g.memory_models, "lkmm") is None
+    why = memory_skip_reason(ReferenceBackend(), g.id, g.memory_models, "lkmm", free=True)
+    assert "free runs" in why
+    if "lkmm" not in getattr(ThreadedBackend, "memory_models", ()):
+        assert "does not simulate" in memory_skip_reason(ThreadedBackend(), g.id, g.memory_models, "lkmm")
+
+
+def test_a_bad_memory_models_key_names_file_id_and_key(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.toml"
+    spec.write_text("""
+[document]
+file = "vcpu-requests.rst"
+area = "requests"
+
+[[guarantee]]
+id = "REQ-99"
+title = "t"
+section = "s"
+quote = "q"
+versions = { since = "4.13" }
+memory_models = ["arm"]
+
+[[guarantee.thread]]
+name = "a"
+steps = [{ op = "note", text = "x" }]
+
+[[guarantee.check]]
+final = "nr_vcpus == 1"
+""")
+    with pytest.raises(SpecError) as info:
+        load_file(spec)
+    text = str(info.value)
+    assert "bad.toml" in text and "REQ-99" in text and "memory_models" in text and "'arm'" in text, text
