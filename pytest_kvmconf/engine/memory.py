@@ -47,7 +47,7 @@ _NO_LOCK = threading.Lock()  # stands in where a location has no lock of its own
 
 
 def _get(obj: Any, field: Any) -> Any:
-    return obj.get(field) if isinstance(obj, dict) else getattr(obj, field)
+    return obj.get(field, getattr(obj, "default", None)) if isinstance(obj, dict) else getattr(obj, field)
 
 
 def _set(obj: Any, field: Any, value: Any) -> None:
@@ -60,7 +60,7 @@ def _set(obj: Any, field: Any, value: Any) -> None:
 def location(obj: Any, field: Any) -> str:
     """How the timeline names a location: ``vcpu0->mode``, ``state[3]``, ``x``."""
     owner = getattr(obj, "mem_name", None)
-    if owner is None:
+    if not owner:
         return str(field)
     return f"{owner}[{field}]" if isinstance(obj, dict) else f"{owner}->{field}"
 
@@ -76,13 +76,14 @@ def show(value: Any) -> str:
 
 
 class SharedMap(dict):
-    """A dict whose items are memory locations named ``<mem_name>[key]`` in timelines."""
+    """A dict whose items are memory locations named ``<mem_name>[key]`` in timelines (just
+    ``key`` without a name); a location never written reads as ``default``."""
 
-    __slots__ = ("mem_name",)
+    __slots__ = ("mem_name", "default")
 
-    def __init__(self, mem_name: str):
+    def __init__(self, mem_name: str, default: Any = None):
         super().__init__()
-        self.mem_name = mem_name
+        self.mem_name, self.default = mem_name, default
 
 
 class _Store:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..compose import FacetBackend, FacetMachine
 from .attr import AttrModel
+from .litmus import LitmusModel
 from .locking import LockingModel
 from .memslots import MemslotsModel
 from .mp import MpModel
@@ -19,10 +20,11 @@ from .spte import SpteModel
 
 #: Facet mixins, in method resolution order. Add a facet here and its
 #: capabilities to CAPABILITIES.
-MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel, AttrModel, MpModel, MemslotsModel)
+MIXINS: tuple[type, ...] = (RequestsModel, LockingModel, SpteModel, AttrModel, MpModel, MemslotsModel,
+                           LitmusModel)
 CAPABILITIES = frozenset({"requests", "kick", "run_loop", "block", "entry_sequence", "locking", "spte", "attr",
                           "mp", "system_events", "userspace_obligations",
-                          "model_counters", "memslots"})
+                          "model_counters", "memslots", "litmus"})
 
 
 class ReferenceMachine(FacetMachine, *MIXINS):  # type: ignore[misc]
