@@ -3,7 +3,8 @@
 Fenced blocks carry a role after the language (```toml spec file=x.toml pass=... fail=...):
 
 * ``toml spec``: a spec file; it must pass on every ``pass`` backend (default: reference)
-  and fail on every ``fail`` backend, with hypothesis' default budget and a fixed seed;
+  and fail on every ``fail`` backend, with hypothesis' default budget and a fixed seed
+  (``model=M``: under ``--kvm-memory-model=M``; ``profile=P``: the failing runs use ``--kvm-profile=P``);
 * ``toml spec-error`` followed by ``text error``: loading it gives exactly that message
   (a trailing ``...`` marks where the guide cuts a long one);
 * ``python backend file=x.py``: a module written beside the specs, named by ``module:factory``;
@@ -100,11 +101,13 @@ def test_every_example_is_tested() -> None:
 def test_spec_example(project: pytest.Pytester, block: Block) -> None:
     n = len(load_file(project.path / block.attrs["file"]))
     spec = f"--kvm-specs={block.attrs['file']}"
+    model = [f"--kvm-memory-model={block.attrs['model']}"] if "model" in block.attrs else []
+    profile = [f"--kvm-profile={block.attrs['profile']}"] if "profile" in block.attrs else []
     for backend in block.names("pass", "reference"):
-        result = project.runpytest(*RUN, spec, f"--kvm-backend={backend}", "--kvm-profile=quick")
+        result = project.runpytest(*RUN, spec, f"--kvm-backend={backend}", "--kvm-profile=quick", *model)
         assert result.parseoutcomes().get("passed") == n, f"not passing on {backend}:\n{result.stdout.str()}"
     for backend in block.names("fail"):
-        result = project.runpytest(*RUN, spec, f"--kvm-backend={backend}", "--hypothesis-seed=0")
+        result = project.runpytest(*RUN, spec, f"--kvm-backend={backend}", "--hypothesis-seed=0", *model, *profile)
         assert result.parseoutcomes().get("failed") == n, f"not failing on {backend}:\n{result.stdout.str()}"
 
 
