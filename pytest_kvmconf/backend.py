@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from .errors import UndecidedUnderLoad  # noqa: F401 - what a live backend raises, named here
 from .spec.versions import VersionRange
 
 

@@ -11,7 +11,7 @@ from hypothesis import settings
 
 from . import replay as replays
 from .conformance import why_not
-from .engine.explore import NothingReached, ViolationFound, explore, replay
+from .engine.explore import CouldNotDecide, NothingReached, ViolationFound, explore, replay
 from .engine.runner import RunOptions
 from .profiles import base_settings
 from .progress import Progress
@@ -65,7 +65,10 @@ class GuaranteeItem(pytest.Item):
         options = RunOptions(run.doc_version, free=run.free, point_timeout=run.point_timeout,
                              memory_model=run.memory_model)
         if run.replay is not None:
-            replay(g, backend, options, run.replay.schedule)
+            try:
+                replay(g, backend, options, run.replay.schedule)
+            except CouldNotDecide as exc:  # a live backend under load: neither a pass nor a failure
+                pytest.skip(str(exc))
             return
         # hypothesis' own pytest plugin only sees test functions: give it this item's statistics
         # (--hypothesis-show-statistics) and its verbose output (--hypothesis-verbosity).
@@ -97,6 +100,9 @@ class GuaranteeItem(pytest.Item):
             if isinstance(exc, ViolationFound):
                 self.violation = violation_record(exc.outcome)
             raise
+        except CouldNotDecide as exc:  # a live backend under load: neither a pass nor a failure
+            self.stats = exc.stats
+            pytest.skip(str(exc))
         finally:
             if lines:
                 self.hypothesis_report_information = "\n".join(lines)

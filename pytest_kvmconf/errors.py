@@ -17,9 +17,12 @@ raise them (``spec.loader.SpecError``, ``engine.explore.ViolationFound``, ...).
     │   └── BudgetExceeded         ... because it ran past its time/size budget
     ├── BackendFault               a backend method broke its contract (raised, wrong type, leaked)
     │   └── BackendHang            a backend thread hung, deadlocked outside the scheduler or spun
-    └── Finding                    a verdict against the backend (pytest shows it as a failure)
-        ├── ViolationFound
-        └── NothingReached
+    ├── Finding                    a verdict against the backend (pytest shows it as a failure)
+    │   ├── ViolationFound
+    │   └── NothingReached
+    └── Undecided                  no verdict: a live backend's evidence did not come in time
+        ├── UndecidedUnderLoad     one example (raised by the backend; the example is discarded)
+        └── CouldNotDecide         too many examples undecided (pytest shows a skip with the figures)
 """
 
 from __future__ import annotations
@@ -117,6 +120,30 @@ class NothingReached(Finding):
         super().__init__(f"{g.id}: none of {examples} schedules reached: {'; '.join(checks)}")
 
 
-__all__ = ["BackendError", "BackendFault", "BackendHang", "BudgetExceeded", "EvalError", "ExpectationError",
+class Undecided(KvmconfError):
+    """Neither a pass nor a violation: a live backend could not get the kernel's evidence."""
+
+
+class UndecidedUnderLoad(Undecided):
+    """A live backend waited for the kernel's evidence longer than its generous bound (a
+    loaded host, a vCPU thread not scheduled): the example decides nothing, for or against
+    the guarantee. Raised from an operation (or set as ``machine.undecided``); the engine
+    discards the example and counts it."""
+
+
+class CouldNotDecide(Undecided):
+    """Too many examples of a live backend were undecided under load: the plugin skips the
+    guarantee with this message and the figures (``stats.undecided`` of ``stats.examples``)."""
+
+    def __init__(self, g: Guarantee, stats: Any):
+        self.guarantee, self.stats = g, stats
+        super().__init__(
+            f"{g.id}: could not decide under load: {stats.undecided} of {stats.examples} examples "
+            f"waited longer than the backend's bound for the kernel's evidence "
+            f"(first: {stats.undecided_why}); rerun on a less loaded machine")
+
+
+__all__ = ["CouldNotDecide", "Undecided", "UndecidedUnderLoad",
+           "BackendError", "BackendFault", "BackendHang", "BudgetExceeded", "EvalError", "ExpectationError",
            "ExprError", "Finding", "KvmconfError", "NothingReached", "ReplayError", "SpecError",
            "UsageError", "ViolationFound"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import Phase, settings
 
 from pytest_kvmconf.backend import Backend, skip_reason
-from pytest_kvmconf.engine.explore import NothingReached, Stats, ViolationFound, explore
+from pytest_kvmconf.engine.explore import CouldNotDecide, NothingReached, Stats, ViolationFound, explore
 from pytest_kvmconf.engine.runner import RunOptions
 from pytest_kvmconf.spec.loader import load_files, spec_files
 from pytest_kvmconf.spec.model import Guarantee
@@ -45,7 +45,7 @@ def applicable(g: Guarantee, backend: Backend, doc_version: str = NEWEST) -> boo
 
 def verdict(gid: str, backend: Backend, doc_version: str = NEWEST, seed: int = 0,
             max_examples: int = BUDGET, shrink: bool = False,
-            **run_options) -> ViolationFound | NothingReached | None:
+            **run_options) -> ViolationFound | NothingReached | CouldNotDecide | None:
     g = guarantees()[gid]
     # Being caught is the usual question, not the minimal example: shrinking only when a test
     # looks at the shrunk schedule.
@@ -53,7 +53,7 @@ def verdict(gid: str, backend: Backend, doc_version: str = NEWEST, seed: int = 0
     base = settings(max_examples=max_examples, database=None, deadline=None, phases=phases)
     try:
         explore(g, backend, RunOptions(doc_version, **run_options), base, seed=seed)
-    except (ViolationFound, NothingReached) as exc:
+    except (ViolationFound, NothingReached, CouldNotDecide) as exc:
         return exc
     return None
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 
 from ..backend import Backend
-from ..errors import NothingReached, ViolationFound
+from ..errors import CouldNotDecide, NothingReached, ViolationFound
 from ..spec.model import Guarantee
 from ..strategies import schedule_strategy
 from .coverage import Coverage
@@ -21,6 +21,10 @@ from .schedule import Schedule
 #: Free mode runs each example's threads this many times: races the points do not model need
 #: repetition to show.
 FREE_ITERATIONS = 3
+#: A live backend's example whose evidence did not come within its bound decides nothing. Once
+#: more than half of the examples (and at least this many) are undecided, the search stops and
+#: says it could not decide: each such example costs the whole bound.
+UNDECIDED_STOP = 5
 
 
 @dataclass
@@ -30,6 +34,12 @@ class Stats:
     reached: set[int] = field(default_factory=set)
     #: what the search explored (engine/coverage.py), for the report
     coverage: Coverage = field(default_factory=Coverage)
+    #: examples a live backend could not decide (they count neither way)
+    undecided: int = 0
+    undecided_why: str | None = None
+
+    def too_undecided(self, minimum: int = 1) -> bool:
+        return self.undecided >= minimum and self.undecided * 2 > self.examples
 
 
 def explore(g: Guarantee, backend: Backend, options: RunOptions,
@@ -44,16 +54,23 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
     # Some failures must not go through hypothesis' replay-and-shrink: a free (preemptive) run
     # need not fail twice, and every shrink step of a hang waits the whole point timeout. Those
     # are kept here, the remaining examples are skipped, and the failure is raised afterwards.
+    # A live backend (``replays = False``: the kernel is not under the engine's control) is
+    # treated the same way, so a violation is never lost to hypothesis' FlakyFailure.
     kept: list[Outcome] = []
+    replays = getattr(backend, "replays", True)
 
     def check(schedule: Schedule) -> None:
-        if kept:
+        if kept or stats.too_undecided(UNDECIDED_STOP):
             return
         stats.examples += 1
         for _ in range(FREE_ITERATIONS if options.free else 1):
             outcome = stats.coverage.run(stats.examples, lambda: run_schedule(g, backend, schedule, options))
+            if outcome.undecided:
+                stats.undecided += 1
+                stats.undecided_why = stats.undecided_why or outcome.undecided
+                return
             if outcome.violation is not None:
-                if options.free or outcome.violation.kind == "hang":
+                if options.free or not replays or outcome.violation.kind == "hang":
                     kept.append(outcome)
                     return
                 raise ViolationFound(outcome)
@@ -81,11 +98,13 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
         test()
         if kept:
             raise ViolationFound(kept[0])
+        if stats.too_undecided():
+            raise CouldNotDecide(g, stats)
         if g.has_exists:
             wanted = {i for i, c in enumerate(g.checks) if c.kind == "exists"}
             if not wanted <= stats.reached:
                 raise NothingReached(g, stats.examples, last[0] if last else None)
-    except (ViolationFound, NothingReached) as exc:
+    except (ViolationFound, NothingReached, CouldNotDecide) as exc:
         exc.stats = stats  # the report wants the search's figures for failures too
         raise
     finally:
@@ -98,4 +117,6 @@ def replay(g: Guarantee, backend: Backend, options: RunOptions, schedule: Schedu
     outcome = run_schedule(g, backend, schedule, options)
     if outcome.violation is not None:
         raise ViolationFound(outcome)
+    if outcome.undecided:
+        raise CouldNotDecide(g, Stats(examples=1, undecided=1, undecided_why=outcome.undecided))
     return outcome

@@ -46,3 +46,6 @@ class Outcome:
     #: indices of `exists` checks this schedule satisfied.
     reached: set[int] = field(default_factory=set)
     positions: list[str] = field(default_factory=list)
+    #: why a live backend could not decide this example (its bound on the kernel's evidence
+    #: was exceeded); such an outcome is neither a pass nor a violation.
+    undecided: str | None = None

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import facets
 from ..backend import Backend, MachineConfig, default_arch, judges
-from ..errors import BackendHang, EvalError
+from ..errors import BackendHang, EvalError, UndecidedUnderLoad
 from ..facets.requests import request_name
 from ..spec.expr import Expr
 from ..spec.model import Check, Guarantee
@@ -205,6 +205,8 @@ class _Scheduler:
             out.violation = Violation("error", f"a condition could not be evaluated: {exc}")
         except BackendHang as exc:
             out.violation = Violation("hang", str(exc))
+        except UndecidedUnderLoad as exc:
+            out.undecided = str(exc)
         except Exception as exc:  # the backend itself failed: a finding, with its traceback
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))
             out.violation = Violation("error", f"the backend raised {type(exc).__name__}: {exc}\n{tb}")
@@ -213,7 +215,8 @@ class _Scheduler:
             out.final_state = self.machine.observe()
         except Exception as exc:
             out.final_state = {"observe() failed": repr(exc)}
-        if out.violation is not None:
+        out.undecided = out.undecided or getattr(self.machine, "undecided", None)
+        if out.violation is not None or out.undecided:
             return
         stuck = [h for h in handles if not h.done and not h.idle()]
         if stuck:

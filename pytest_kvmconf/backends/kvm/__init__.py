@@ -28,6 +28,9 @@ class KvmBackend:
     description = "the running kernel through /dev/kvm (x86_64 real-mode guests, one thread per vCPU)"
     capabilities = frozenset({"mp", "memslots"})
     doc_versions = VersionRange(KNOWN_VERSIONS[0])
+    #: The kernel is not under the engine's control: a schedule need not fail again when
+    #: replayed, so the first violation is kept with its timeline (no shrinking, no FlakyFailure).
+    replays = False
 
     def __init__(self, execution: str = "threads"):
         if execution not in ("threads", "generator"):

@@ -11,7 +11,6 @@ back by :meth:`Vm.close`, which first kicks a vCPU thread out of KVM_RUN.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
 import signal
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import guest, uapi
+from .stats import BinaryStats
 
 #: The kick signal: a real-time signal with a no-op handler (Firecracker uses SIGRTMIN,
 #: QEMU SIG_IPI); a handler, not SIG_IGN, so that it is pending and interrupts KVM_RUN.
@@ -99,8 +99,8 @@ class Vcpu:
         self.entries = 0  # KVM_RUN calls started by the thread
         self.runs = 0  # KVM_RUN calls returned
         self.in_run = False
-        self.stats_fd = -1
-        self._blocking_at = -1  # file offset of the vCPU's "blocking" statistic, if the kernel has it
+        self.tid = 0  # the vCPU thread's kernel thread id (for /proc and tracepoints)
+        self.stats: BinaryStats | None = None  # the vCPU's binary statistics, if the kernel has them
         self._jobs: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -114,6 +114,7 @@ class Vcpu:
 
     # -- the vCPU thread ----------------------------------------------------------
     def _loop(self) -> None:
+        self.tid = threading.get_native_id()
         try:
             self._create()
         except BaseException as exc:  # reported to the creator
@@ -138,6 +139,9 @@ class Vcpu:
             seg.base, seg.selector = 0, 0
         sregs.ds.selector = guest.data_segment(self.index)
         sregs.ds.base = 16 * sregs.ds.selector  # real mode: base = selector * 16
+        # "Unreal mode": FS keeps a flat 4 GiB limit, so the interrupt handler reaches the LAPIC's
+        # EOI register at 0xFEE000B0 with a 32-bit address (guest.IRQ_CODE).
+        sregs.fs.base, sregs.fs.selector, sregs.fs.limit, sregs.fs.g = 0, 0, 0xFFFFFFFF, 1
         uapi.ioctl(self.fd, uapi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
         regs = uapi.kvm_regs(rip=guest.CODE, rsp=guest.STACK_TOP, rflags=2)
         uapi.ioctl(self.fd, uapi.KVM_SET_REGS, regs, "KVM_SET_REGS")
@@ -150,29 +154,21 @@ class Vcpu:
             uapi.ioctl(self.fd, uapi.KVM_SET_LAPIC, lapic, "KVM_SET_LAPIC")
 
     def _open_stats(self) -> None:
-        """The vCPU's binary statistics, for "blocking": 1 while it sleeps in kvm_vcpu_block
-        (halted, or waiting for INIT/SIPI). Without them, settling falls back to time alone."""
-        try:
-            self.stats_fd = uapi.ioctl(self.fd, uapi.KVM_GET_STATS_FD, 0, "KVM_GET_STATS_FD")
-        except uapi.KvmError:
-            return
-        raw = os.pread(self.stats_fd, ctypes.sizeof(uapi.kvm_stats_header), 0)
-        header = uapi.kvm_stats_header.from_buffer_copy(raw)
-        size = ctypes.sizeof(uapi.kvm_stats_desc) + header.name_size
-        table = os.pread(self.stats_fd, size * header.num_desc, header.desc_offset)
-        for i in range(header.num_desc):
-            entry = table[i * size:(i + 1) * size]
-            desc = uapi.kvm_stats_desc.from_buffer_copy(entry)
-            name = entry[ctypes.sizeof(uapi.kvm_stats_desc):].split(b"\0")[0]
-            if name == b"blocking" and desc.size == 1:
-                self._blocking_at = header.data_offset + desc.offset
-                return
+        """The vCPU's binary statistics; "blocking" is 1 while it sleeps in kvm_vcpu_block
+        (halted, or waiting for INIT/SIPI)."""
+        self.stats = BinaryStats.of(self.fd)
+
+    @property
+    def stats_fd(self) -> int:
+        return self.stats.fd if self.stats is not None else -1
+
+    def stat(self, name: str) -> int | None:
+        return self.stats.read(name) if self.stats is not None else None
 
     def blocking(self) -> bool | None:
         """Is the vCPU asleep in the kernel (KVM's "blocking" statistic)? None if unknown."""
-        if self._blocking_at < 0 or self.stats_fd < 0:
-            return None
-        return int.from_bytes(os.pread(self.stats_fd, 8, self._blocking_at), "little") != 0
+        value = self.stat("blocking")
+        return None if value is None else value != 0
 
     def _run(self, ticket: RunTicket) -> None:
         run = self.run
@@ -227,7 +223,8 @@ class Vcpu:
             signal.pthread_kill(ident, KICK_SIGNAL)
 
     def stop(self) -> None:
-        """Bring the thread out of KVM_RUN (immediate_exit, then signals) and end it."""
+        """Bring the thread out of KVM_RUN and end it: immediate_exit, then the kick signal,
+        then wait for the thread's end (a kick made this way is never lost, MP-04)."""
         if self.thread.is_alive():
             if self.run is not None:
                 self.run.immediate_exit = 1
@@ -236,14 +233,16 @@ class Vcpu:
             while self.thread.is_alive() and time.monotonic() < deadline:
                 if self.in_run:
                     self.kick()
-                self.thread.join(0.01)
+                # Returns as soon as the thread ends; the kick is repeated only if KVM_RUN
+                # was entered between the check and the signal and kept running.
+                self.thread.join(0.05)
         if self.run_addr:
             self.run = None
             uapi.unmap_memory(self.run_addr, self.vm.run_size)
             self.run_addr = 0
-        if self.stats_fd >= 0:
-            os.close(self.stats_fd)
-            self.stats_fd = -1
+        if self.stats is not None:
+            self.stats.close()
+            self.stats = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -259,15 +258,17 @@ class Vm:
         self.ram = 0
         self.vcpus: list[Vcpu] = []
         self.run_size = 0
+        self.stats: BinaryStats | None = None  # the VM's binary statistics, if the kernel has them
         KickHandler.acquire()
         try:
             self.kvm_fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
             self.run_size = uapi.ioctl(self.kvm_fd, uapi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
             self.fd = uapi.ioctl(self.kvm_fd, uapi.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
+            self.stats = BinaryStats.of(self.fd)
             if irqchip:
                 uapi.ioctl(self.fd, uapi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
             self.ram = uapi.map_memory(guest.RAM_SIZE)
-            guest.load(self.ram, program)
+            guest.load(self.ram, program, irqchip)
             region = uapi.kvm_userspace_memory_region(slot=0, flags=0, guest_phys_addr=0,
                                                       memory_size=guest.RAM_SIZE, userspace_addr=self.ram)
             uapi.ioctl(self.fd, uapi.KVM_SET_USER_MEMORY_REGION, region, "KVM_SET_USER_MEMORY_REGION")
@@ -295,6 +296,9 @@ class Vm:
             except BaseException as exc:
                 errors.append(exc)
         self.vcpus = []
+        if self.stats is not None:
+            self.stats.close()
+            self.stats = None
         for attr in ("fd", "kvm_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
