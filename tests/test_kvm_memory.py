@@ -122,7 +122,8 @@ class LossyRing(KvmMachine):
         newest = set()
         for addr, fetch in self.rings.values():
             last = fetch
-            while ring_entry(addr, last % n).flags & memuapi.KVM_DIRTY_GFN_F_DIRTY:
+            # A full ring is dirty all round: stop after one lap.
+            while last - fetch < n and ring_entry(addr, last % n).flags & memuapi.KVM_DIRTY_GFN_F_DIRTY:
                 last += 1
             if last > fetch:
                 newest.add(ring_entry(addr, (last - 1) % n).offset)

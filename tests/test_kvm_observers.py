@@ -75,6 +75,7 @@ def test_a_pending_signal_is_seen_until_taken() -> None:
 @live
 @traced
 def test_a_session_sees_the_wake_up_and_the_injection_in_their_threads() -> None:
+    tracefs.shutdown()  # an earlier test's session (one per process) would hold the mount
     before = mounts()
     session = tracefs.session()
     sub = session.subscribe(["kvm/kvm_vcpu_wakeup", "kvm/kvm_msi_set_irq", "kvm/kvm_userspace_exit"])

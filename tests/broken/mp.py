@@ -49,6 +49,20 @@ class ApReadAsLoad(ReferenceMachine):
         return 8 if state == KVM_MP_STATE_UNINITIALIZED else state
 
 
+class ApStartsRunnable(ReferenceMachine):
+    """x86 with an in-kernel irqchip: application processors start RUNNABLE, as if INIT had come."""
+
+    def _mp_initial_state(self, vcpu: int) -> int:
+        return KVM_MP_STATE_RUNNABLE
+
+
+class IrqchipStatesRefused(ReferenceMachine):
+    """KVM_SET_MP_STATE refuses every [x86] state but RUNNABLE even with the in-kernel LAPIC."""
+
+    def _mp_accepts(self, state: int) -> bool:
+        return state == KVM_MP_STATE_RUNNABLE if self.mp_arch == "x86_64" else super()._mp_accepts(state)
+
+
 class SetAcceptsAnyState(ReferenceMachine):
     """KVM_SET_MP_STATE takes any number, even ones the architecture has no such state for."""
 
@@ -284,6 +298,8 @@ def backend(machine: type) -> ReferenceBackend:
 BROKEN: dict[type, tuple[str, str]] = {
     HaltedReadAsStopped: ("MP-01", "6.18"),
     ApReadAsLoad: ("MP-01", "6.18"),
+    ApStartsRunnable: ("MP-01.b", "6.18"),
+    IrqchipStatesRefused: ("MP-02.a", "6.18"),
     SetAcceptsAnyState: ("MP-02", "6.18"),
     RejectedSetStillStores: ("MP-02", "6.18"),
     SetRefusesInitReceived: ("MP-02", "6.18"),

@@ -19,14 +19,15 @@ from ...backend import MachineConfig
 from ...spec.expr import Expr
 from ...spec.model import Guarantee
 from ...spec.versions import KNOWN_VERSIONS, VersionRange
-from . import guest, memory, probe
+from . import guest, memory, probe, tracefs
+from .irq import TRACE_EVENTS as IRQ_TRACE_EVENTS
 from .machine import KvmMachine
 
 
 class KvmBackend:
     name = "kvm"
     description = "the running kernel through /dev/kvm (x86_64 real-mode guests, one thread per vCPU)"
-    capabilities = frozenset({"mp", "memslots"})
+    capabilities = frozenset({"mp", "memslots", "irq", "tracepoints", "binary_stats"})
     doc_versions = VersionRange(KNOWN_VERSIONS[0])
     #: The kernel is not under the engine's control: a schedule need not fail again when
     #: replayed, so the first violation is kept with its timeline (no shrinking, no FlakyFailure).
@@ -52,9 +53,16 @@ class KvmBackend:
         options = dict(g.machine)
         if options.get("irqchip", False) is not False and probe.IRQCHIP_CAP[0] not in caps:
             needed.append(probe.IRQCHIP_CAP[1])
+        # Settling on "the vCPU sleeps in the kernel" reads the "blocking" binary statistic.
+        if ("binary_stats" in g.needs or ops & {"kvm_run", "wait_in_kvm_run"}) and probe.STATS_CAP[0] not in caps:
+            needed.append(probe.STATS_CAP[1])
         needed += memory.missing_caps(options, ops)
         if needed:
             return f"the kernel lacks {', '.join(needed)}"
+        if "tracepoints" in g.needs:
+            why = tracefs.unavailable(IRQ_TRACE_EVENTS)
+            if why:
+                return f"no kernel tracepoints: {why}"
         if "suppress_wakeup" in ops:
             return "suppress_wakeup: the x86 guests take wake-ups as NMIs, which userspace cannot mask"
         program = options.get("program")

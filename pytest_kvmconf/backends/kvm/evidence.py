@@ -12,9 +12,11 @@ backend waits until the kernel *shows* one outcome or the other:
 * the vCPU sleeps in kvm_vcpu_block: the binary statistic ``blocking`` is 1 and the
   thread's scheduler state is ``S`` (``/proc/self/task/<tid>/stat``), so no wake-up
   is under way;
-* the guest runs on: its own progress counter moved while the vCPU's ``exits``
-  statistic grew by at least two, i.e. KVM entered the guest again at least once
-  with the event in question already behind it.
+* the guest runs on: the vCPU's ``exits`` statistic grew by :data:`ENTRIES` since
+  the event, and the guest's own progress counter moved after that, i.e. KVM entered
+  the guest again several times with the event behind it (an interrupt pending at
+  an entry is injected there, or at the next exit once the guest enables
+  interrupts) (:class:`RanOn`).
 
 Each wait has a generous bound (:data:`BOUND`); exceeding it raises
 :class:`~pytest_kvmconf.backend.UndecidedUnderLoad`: the example decides nothing.
@@ -32,6 +34,8 @@ from ...errors import UndecidedUnderLoad
 BOUND = 3.0
 #: Polling step of the waits (the evidence is read, not signalled).
 STEP = 0.0002
+#: How many guest entries after an event count as "the guest runs on with it behind".
+ENTRIES = 4
 
 
 def signal_pending(tid: int, signo: int) -> bool | None:
@@ -72,3 +76,23 @@ def await_evidence(decided: Callable[[], bool], what: str, bound: float = BOUND,
         sleep(pause)
         pause = min(pause * 2, 0.005)
     return time.monotonic() - start
+
+
+class RanOn:
+    """Has the guest been entered :data:`ENTRIES` more times since this object was made, and run
+    after that? Reads the vCPU's ``exits`` statistic and the guest's progress counter."""
+
+    def __init__(self, exits: Callable[[], int | None], progress: Callable[[], int]):
+        self.exits, self.progress = exits, progress
+        self.start = exits()
+        self.after: int | None = None  # progress once the entries were seen
+
+    def __call__(self) -> bool:
+        now = self.exits()
+        if now is None or self.start is None:
+            return False  # no statistics: only KVM_RUN's return or the bound decide
+        if self.after is None:
+            if now >= self.start + ENTRIES:
+                self.after = self.progress()
+            return False
+        return self.progress() != self.after

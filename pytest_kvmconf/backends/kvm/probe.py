@@ -19,8 +19,12 @@ from . import guest, uapi
 BASE_CAPS = {uapi.KVM_CAP_USER_MEMORY: "KVM_CAP_USER_MEMORY", uapi.KVM_CAP_MP_STATE: "KVM_CAP_MP_STATE",
              uapi.KVM_CAP_IMMEDIATE_EXIT: "KVM_CAP_IMMEDIATE_EXIT",
              uapi.KVM_CAP_CHECK_EXTENSION_VM: "KVM_CAP_CHECK_EXTENSION_VM"}
-OP_CAPS = {"inject_wakeup": (uapi.KVM_CAP_SIGNAL_MSI, "KVM_CAP_SIGNAL_MSI")}
+_MSI = (uapi.KVM_CAP_SIGNAL_MSI, "KVM_CAP_SIGNAL_MSI")
+OP_CAPS = {"inject_wakeup": _MSI, "inject_init": _MSI, "inject_sipi": _MSI}
 IRQCHIP_CAP = (uapi.KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP")
+STATS_CAP = (uapi.KVM_CAP_BINARY_STATS_FD, "KVM_CAP_BINARY_STATS_FD")
+#: Every capability :func:`environment` asks the kernel about.
+ALL_CAPS = (*BASE_CAPS, *(c for c, _ in OP_CAPS.values()), IRQCHIP_CAP[0], STATS_CAP[0])
 
 
 def host_arch() -> str:
@@ -51,7 +55,7 @@ def environment() -> tuple[str | None, frozenset[int]]:
         if version != uapi.KVM_API_VERSION:
             return f"/dev/kvm speaks KVM API version {version}, not {uapi.KVM_API_VERSION}", frozenset()
         caps = set()
-        for cap in (*BASE_CAPS, *(c for c, _ in OP_CAPS.values()), IRQCHIP_CAP[0]):
+        for cap in ALL_CAPS:
             try:
                 if uapi.ioctl(fd, uapi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION") > 0:
                     caps.add(cap)

@@ -120,6 +120,12 @@ class kvm_irq_level(ctypes.Structure):  # noqa: N801
     _fields_ = [("irq", ctypes.c_uint32), ("level", ctypes.c_uint32)]
 
 
+class kvm_interrupt(ctypes.Structure):  # noqa: N801
+    """include/uapi/linux/kvm.h: struct kvm_interrupt (for KVM_INTERRUPT: a vector, not a pin)."""
+
+    _fields_ = [("irq", ctypes.c_uint32)]
+
+
 class kvm_enable_cap(ctypes.Structure):  # noqa: N801
     """include/uapi/linux/kvm.h: struct kvm_enable_cap."""
 
@@ -197,6 +203,7 @@ KVM_ENABLE_CAP = _IOW(KVMIO, 0xA3, kvm_enable_cap)  # vCPU and (with KVM_CAP_ENA
 KVM_SIGNAL_MSI = _IOW(KVMIO, 0xA5, kvm_msi)
 # vCPU ioctls.
 KVM_RUN = _IO(KVMIO, 0x80)
+KVM_INTERRUPT = _IOW(KVMIO, 0x86, kvm_interrupt)
 KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
 
