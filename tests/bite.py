@@ -31,7 +31,7 @@ def guarantees() -> dict[str, Guarantee]:
 
 
 #: Facets only a backend running real guests has: the models skip their specs by capability.
-LIVE_ONLY = frozenset({"memslots"})
+LIVE_ONLY = frozenset({"memslots", "irq"})
 
 
 def model_ids(prefix: str) -> list[str]:

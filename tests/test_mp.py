@@ -16,11 +16,11 @@ from pytest_kvmconf.facets.mp import (
 )
 from pytest_kvmconf.spec.versions import NEWEST
 
-from .bite import BUDGET, applicable, guarantees, verdict
+from .bite import BUDGET, applicable, guarantees, model_ids, verdict
 from .broken.mp import BROKEN, backend
 
 # The MP specs that inject interrupts (irq facet) are live-only: tests/test_kvm_live_irq.py.
-MP_IDS = sorted(g for g in guarantees() if g.startswith("MP-") and "irq" not in guarantees()[g].needs)
+MP_IDS = model_ids("MP-")
 VERSIONS = ("4.13", NEWEST)
 
 
