@@ -88,7 +88,7 @@ def load(path: Path | str) -> dict[str, Expectation]:
                 raise ExpectationError(path, f"{where}.{key}",
                                        f"unknown key {key!r}; allowed: {', '.join(KEYS)}")
         gid = entry.get("id")
-        if not isinstance(gid, str) or not ID_RE.match(gid):
+        if not isinstance(gid, str) or not ID_RE.fullmatch(gid):
             raise ExpectationError(path, f"{where}.id",
                                    f"required, a guarantee id such as REQ-15 or REQ-15.a (got {gid!r})")
         reason = entry.get("reason")

@@ -6,13 +6,21 @@ evaluation, result binding and the timeline's call text exist once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import SpecError
+from ..facets import Op
 from ..spec.expr import Expr
 from ..spec.model import Guarantee, Step
 from .schedule import Schedule
+
+
+@functools.cache
+def _vcpu_args(op: Op) -> frozenset[str]:
+    return frozenset(a.name for a in op.args if a.type == "vcpu")
 
 
 @dataclass
@@ -30,6 +38,8 @@ class ThreadPlan:
     #: names every plan of a run shares (constants, params, bindings); owned by the run.
     env: dict[str, Any] = field(repr=False, default_factory=dict)
     bindings: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: (spec file, guarantee id), for errors of the spec found while running.
+    origin: tuple[str, str | None] = ("spec", None)
 
     def args(self, ps: PlannedStep) -> dict[str, Any]:
         out = {}
@@ -38,7 +48,11 @@ class ThreadPlan:
             if isinstance(v, Expr):
                 if env is None:
                     env = {**self.env, **self.bindings, **ps.scope}
-                out[k] = v.evaluate(env)
+                value = out[k] = v.evaluate(env)
+                if k in _vcpu_args(ps.step.op) and not (type(value) is int and 0 <= value < env["nr_vcpus"]):
+                    raise SpecError(*self.origin, ps.step.where,
+                                    f"{k} = {v.source!r} evaluated to {value!r}: not a vCPU index of this "
+                                    f"run (0 to {env['nr_vcpus'] - 1})")
             else:
                 out[k] = v
         return out
@@ -64,5 +78,5 @@ def make_plans(g: Guarantee, schedule: Schedule, nr_vcpus: int, env: dict[str, A
             if t.sequence is not None:
                 for choice, drawn in generated.get(t.name, ()):
                     steps.append(PlannedStep(t.sequence.choose[choice], {**scope, **dict(drawn)}))
-            plans.append(ThreadPlan(name, vcpu, steps, env, bindings))
+            plans.append(ThreadPlan(name, vcpu, steps, env, bindings, (str(g.file), g.id)))
     return plans

@@ -9,17 +9,21 @@ Then the ``final``/``never``/``exists`` conditions are judged.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import re
 import traceback
 from collections.abc import Mapping
 from typing import Any
 
 from .. import facets
 from ..backend import Backend, MachineConfig, default_arch, judges
-from ..errors import BackendHang, EvalError, UndecidedUnderLoad
+from ..errors import BackendFault, BackendHang, BudgetExceeded, EvalError, KvmconfError, SpecError, UndecidedUnderLoad
 from ..facets.requests import request_name
 from ..spec.expr import Expr
+from ..spec.loader import MAX_VCPUS
 from ..spec.model import Check, Guarantee
-from . import lockdep
+from . import guard, lockdep
 from .executor import GeneratorHandle, Handle
 from .plan import PlannedStep, make_plans
 from .records import Entry, Outcome, Violation
@@ -42,38 +46,50 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
     params = dict(schedule.params)
     constants = facets.all_constants()
     env: dict[str, Any] = {**constants, **params}
-    nr_vcpus = g.vcpus.evaluate(env) if isinstance(g.vcpus, Expr) else g.vcpus
+    nr_vcpus = _spec_value(g, "vcpus", g.vcpus, env) if isinstance(g.vcpus, Expr) else g.vcpus
+    if isinstance(g.vcpus, Expr) and (type(nr_vcpus) is not int or not 1 <= nr_vcpus <= MAX_VCPUS):
+        raise SpecError(g.file, g.id, "vcpus", f"{g.vcpus.source!r} evaluated to {nr_vcpus!r} with parameters "
+                                               f"{params}; a vCPU count is an integer from 1 to {MAX_VCPUS}")
     env["nr_vcpus"] = nr_vcpus
     bindings: dict[str, Any] = {}
     for t in g.threads:
         for s in t.steps:
             if s.bind:
                 bindings[s.bind] = None
-    machine_options = {k: (v.evaluate(env) if isinstance(v, Expr) else v) for k, v in g.machine}
+    machine_options = {k: (_spec_value(g, f"machine.{k}", v, env) if isinstance(v, Expr) else v)
+                       for k, v in g.machine}
     config = MachineConfig(nr_vcpus, default_arch(backend, g.arch), options.doc_version,
                            machine_options, options.free, g.needs, options.memory_model)
     plans = make_plans(g, schedule, nr_vcpus, env, bindings)
     outcome = Outcome(g, schedule, params, [p.name for p in plans], [], None)
-    machine = backend.new_machine(config)
+    machine = guard.new_machine(backend, config)
     handles: list[Handle] = []
     try:
         fmt = _Formats(options.doc_version)
         # step.before costs an observe() per operation: only when a check reads `step`.
         capture = any("step" in c.expr.names or (c.when is not None and "step" in c.when.names)
                       for c in g.checks if c.kind == "always")
+        judged = [c for c in g.checks if judges(backend, c)]
         if getattr(machine, "execution", "generator") == "threads":
             from .threads import thread_handles
 
             handles = thread_handles(machine, plans, fmt.call, fmt.result, options,
                                      capture_before=capture, schedule=schedule)
+            _Scheduler(g, backend, machine, handles, schedule, outcome, env, bindings, judged).run()
         else:
             handles = [GeneratorHandle(machine, p, fmt.call, fmt.result, capture) for p in plans]
-        _Scheduler(g, machine, handles, schedule, outcome, env, bindings,
-                   [c for c in g.checks if judges(backend, c)]).run()
+            sched = _Scheduler(g, backend, machine, handles, schedule, outcome, env, bindings, judged)
+            try:
+                guard.watched(sched.run, sched.progress, options.point_timeout, f"{g.id} generator run")
+            except BackendHang as exc:  # the worker is abandoned: report from a copy it cannot touch
+                outcome = dataclasses.replace(outcome, timeline=list(outcome.timeline),
+                                              violation=Violation("hang", str(exc)),
+                                              positions=[h.describe() for h in handles])
+                handles = []  # their generator is stuck on the abandoned worker
     finally:
         for h in handles:
             h.close()
-        machine.close()
+        guard.close(backend, machine)
     left = [f"kvmconf:{h.name}" for h in handles if getattr(h, "abandoned", False)]
     if left and outcome.violation is not None:
         outcome.violation.message += (
@@ -119,10 +135,28 @@ class _Formats:
         return f"-> {ps.step.op.name} returned {shown}{bind}"
 
 
+@functools.lru_cache(maxsize=1)
+def _declared_fields() -> frozenset[str]:
+    """Every field name the facets declare as observable, and the engine's own (step, threads)."""
+    out = set(NO_STEP) | {"done", "position"}
+    for key in facets.all_observables():
+        out.update(re.sub(r"\[[^\]]*\]", "", part) for part in key.split("."))
+    return frozenset(out)
+
+
+def _spec_value(g: Guarantee, key: str, expr: Expr, env: Mapping[str, Any]) -> Any:
+    """A spec's parameter expression (vcpus, a machine option); failing, it is the spec's error."""
+    try:
+        return expr.evaluate(env)
+    except EvalError as exc:
+        raise SpecError(g.file, g.id, key, f"{expr.source!r} cannot be evaluated: {exc}") from None
+
+
 class _Scheduler:
-    def __init__(self, g: Guarantee, machine: Any, handles: list[Handle], schedule: Schedule,
+    def __init__(self, g: Guarantee, backend: Any, machine: Any, handles: list[Handle], schedule: Schedule,
                  outcome: Outcome, env: dict[str, Any], bindings: dict[str, Any], judged: list[Check]):
-        self.g, self.machine, self.handles = g, machine, handles
+        self.g, self.backend, self.machine, self.handles = g, backend, machine, handles
+        self.progress = guard.Progress()
         self.judged = {id(c) for c in judged}  # the checks this backend answers for (backend.judges)
         self.tape, self.outcome = schedule.tape, outcome
         self.env, self.bindings = env, bindings
@@ -138,6 +172,14 @@ class _Scheduler:
             env["old"] = old
         return env
 
+    def misspelt(self, exc: EvalError) -> None:
+        """A field no facet declares, missing from the state: the spec's typo, not the backend's fault."""
+        name = getattr(exc, "field", None)
+        if name is not None and name not in _declared_fields():
+            raise SpecError(self.g.file, self.g.id, "check",
+                            f"{getattr(exc, 'source', 'a condition')!r} reads field {name!r}, which no facet "
+                            f"declares: {exc}") from None
+
     def holds(self, check: Check, env: Mapping[str, Any]) -> bool:
         if check.when is not None and not check.when.evaluate(env):
             return True
@@ -147,7 +189,7 @@ class _Scheduler:
         out, handles = self.outcome, self.handles
         current: Handle | None = None
         chooser = Chooser(self.tape)
-        state = self.machine.observe() if self.need_old else None
+        state = guard.observe(self.backend, self.machine) if self.need_old else None
         # tso/lkmm: buffered stores and stale copies are runnable entities beside the threads,
         # so when they take effect is a decision on the same tape (engine.memory).
         memory = getattr(self.machine, "memory", None)
@@ -185,6 +227,7 @@ class _Scheduler:
                     else:
                         texts = [*texts, *notes]
                     out.timeline.append(Entry(len(out.timeline) + 1, h.name, tuple(texts)))
+                self.progress.count += 1
                 if len(out.timeline) > self.g.max_steps:
                     out.violation = Violation(
                         "livelock", f"no end after {self.g.max_steps} scheduling points "
@@ -192,6 +235,8 @@ class _Scheduler:
                     break
                 if self.always:
                     state = self.machine.observe()
+                    if type(state) is not dict:
+                        guard.check_state(self.backend, state)
                     step = _step(h)
                     env = self.names(state, step, old)
                     for c in self.always:
@@ -201,20 +246,27 @@ class _Scheduler:
                             break
                     if out.violation:
                         break
+        except BudgetExceeded:
+            raise
         except EvalError as exc:
+            self.misspelt(exc)
             out.violation = Violation("error", f"a condition could not be evaluated: {exc}")
         except BackendHang as exc:
             out.violation = Violation("hang", str(exc))
         except UndecidedUnderLoad as exc:
             out.undecided = str(exc)
+        except KvmconfError:  # the spec's or the backend contract's error, not a finding
+            raise
         except Exception as exc:  # the backend itself failed: a finding, with its traceback
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))
             out.violation = Violation("error", f"the backend raised {type(exc).__name__}: {exc}\n{tb}")
         out.positions = [h.describe() for h in handles]
         try:
-            out.final_state = self.machine.observe()
-        except Exception as exc:
-            out.final_state = {"observe() failed": repr(exc)}
+            out.final_state = guard.observe(self.backend, self.machine)
+        except BackendFault:
+            if out.violation is None:
+                raise
+            out.final_state = {"observe() failed": "see above"}
         out.undecided = out.undecided or getattr(self.machine, "undecided", None)
         if out.violation is not None or out.undecided:
             return
@@ -237,6 +289,9 @@ class _Scheduler:
                     return
                 if c.kind == "exists" and c.expr.evaluate(env):
                     out.reached.add(i)
+        except BudgetExceeded:
+            raise
         except EvalError as exc:
+            self.misspelt(exc)
             out.violation = Violation("error", f"a condition could not be evaluated: {exc}")
         out.violation = out.violation or lockdep.judge(self.g, out.final_state)

@@ -126,7 +126,8 @@ class Expr:
             return fn(env, [MAX_STEPS])
         except BudgetExceeded as exc:
             raise BudgetExceeded(f"condition exceeded its budget: {exc} (in {_short(self.source)})") from None
-        except EvalError:
+        except EvalError as exc:
+            exc.source = self.source  # type: ignore[attr-defined]
             raise
         except RecursionError:
             raise BudgetExceeded(f"condition exceeded its budget: nested too deeply (in {_short(self.source)})") \
@@ -383,11 +384,15 @@ def _attribute(base_fn: _Fn, attr: str) -> _Fn:
         if isinstance(base, Mapping):
             if attr in base:
                 return base[attr]
-            raise EvalError(f"no field {attr!r} (fields: {', '.join(sorted(map(str, base)))})")
+            exc = EvalError(f"no field {attr!r} (fields: {', '.join(sorted(map(str, base)))})")
+            exc.field = attr  # type: ignore[attr-defined]
+            raise exc
         try:
             return getattr(base, attr)
         except AttributeError:
-            raise EvalError(f"{type(base).__name__} has no field {attr!r}") from None
+            exc = EvalError(f"{type(base).__name__} has no field {attr!r}")
+            exc.field = attr  # type: ignore[attr-defined]
+            raise exc from None
 
     return get
 

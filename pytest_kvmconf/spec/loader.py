@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -37,8 +38,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as tomllib
 
-ID_RE = re.compile(r"^[A-Z]+-\d{2}(\.[a-z0-9]+)?$")
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ID_RE = re.compile(r"[A-Z]{1,12}-[0-9]{2,3}(\.[a-z0-9]{1,8})?", re.ASCII)
+#: Largest spec file read (bounded memory; the bundled ones are below 100 KB).
+MAX_FILE_BYTES = 4 << 20
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}", re.ASCII)
 
 DOCUMENT_KEYS = {"file": "document file in docs/kvm", "area": "marker name of the area",
                  "title": "human title"}
@@ -71,6 +74,11 @@ CHECK_KEYS = {**{k: "condition" for k in CHECK_KINDS}, "when": "filter for `alwa
               "message": "what a violation means",
               "obligation": "who the sentence obliges: 'kvm' (KVM enforces it, the default) or 'userspace' "
                             "(userspace must; judged only on backends with userspace_obligations)"}
+#: Limits of what a spec field can mean.
+MAX_VCPUS = 64
+MAX_FIXED_STEPS = 200
+MAX_MAX_STEPS = 100_000
+INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
 ENGINE_NAMES = {"threads", "step", "nr_vcpus"}
 
 
@@ -108,24 +116,71 @@ def load_files(paths: Iterable[Path]) -> list[Guarantee]:
 
 
 def spec_files(dirs: Iterable[Path]) -> list[Path]:
+    """The spec files of these folders (or files), each once, in order. Entries that are no
+    regular file (a FIFO, a symlink loop) are left out: reading them could block or fail;
+    :func:`unusable_files` says which they are."""
     files: list[Path] = []
+    seen: set[Path] = set()
     for d in dirs:
         d = Path(d)
-        if d.is_file():
-            files.append(d)
-        else:
-            files.extend(sorted(d.glob("*.toml")))
+        for f in [d] if d.is_file() else sorted(d.glob("*.toml")):
+            key = resolved(f)
+            if f.is_file() and key not in seen:
+                seen.add(key)
+                files.append(f)
     return files
+
+
+def unusable_files(dirs: Iterable[Path]) -> list[tuple[Path, str]]:
+    """``*.toml`` entries of these folders that are not regular files, with the reason."""
+    out = []
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            continue
+        for f in sorted(d.glob("*.toml")):
+            if not f.is_file():
+                out.append((f, _not_regular(f)))
+    return out
+
+
+def resolved(path: Path) -> Path:
+    """``path.resolve()``, or the absolute path where resolving fails (a symlink loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+def _not_regular(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO, not a regular file (reading it would block)"
+    if stat.S_ISDIR(mode):
+        return "a folder, not a spec file"
+    return "not a regular file"
 
 
 def load_file(path: Path) -> list[Guarantee]:
     path = Path(path)
+    if not path.is_file():
+        raise SpecError(path, None, None, _not_regular(path))
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise SpecError(path, None, None, f"a spec file may be at most {MAX_FILE_BYTES} bytes "
+                                              f"(this one has {path.stat().st_size})")
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecError(path, None, None, f"not valid UTF-8: byte {exc.object[exc.start]:#04x} at offset "
+                                          f"{exc.start}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(path, None, None, f"not valid TOML: {exc}") from None
+    except (RecursionError, MemoryError):
+        raise SpecError(path, None, None, "not usable TOML: its arrays or tables nest too deeply") from None
     except OSError as exc:
-        raise SpecError(path, None, None, f"cannot read: {exc.strerror}") from None
+        raise SpecError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
     _keys(path, None, "", data, {"document": "", "guarantee": ""})
     doc = data.get("document")
     if not isinstance(doc, dict):
@@ -141,9 +196,10 @@ def load_file(path: Path) -> list[Guarantee]:
     for i, g in enumerate(raw):  # every guarantee is checked, so one run shows all of a file's errors
         try:
             gid = g.get("id") if isinstance(g, dict) else None
-            if not isinstance(gid, str) or not ID_RE.match(gid):
+            if not isinstance(gid, str) or not ID_RE.fullmatch(gid):
+                shown = repr(gid) if len(repr(gid)) <= 40 else f"{repr(gid)[:37]}..."
                 raise SpecError(path, None, f"guarantee[{i}].id",
-                                f"required, of the form AREA-NN or AREA-NN.x (got {gid!r})")
+                                f"required, of the form AREA-NN or AREA-NN.x (got {shown})")
             if gid in ids:
                 raise SpecError(path, gid, "id", f"id {gid} appears twice in this file")
             ids.add(gid)
@@ -175,6 +231,7 @@ class _Builder:
         self.ops = facets.all_ops()
         self.params: dict[str, Param] = {}
         self.bindings: set[str] = set()
+        self.max_vcpus = MAX_VCPUS
         self.roots = {re.split(r"[\[.]", n)[0] for n in facets.all_observables()} | ENGINE_NAMES
 
     def err(self, key: str | None, message: str) -> SpecError:
@@ -191,6 +248,7 @@ class _Builder:
         for name, spec in self.table("params").items():
             self.params[name] = self.param(f"params.{name}", name, spec)
         vcpus = self.vcpus(raw.get("vcpus", 1))
+        self.max_vcpus = vcpus if isinstance(vcpus, int) else MAX_VCPUS
         threads = self.threads(raw.get("thread"))
         machine = tuple((k, self.value(f"machine.{k}", v, set())) for k, v in self.table("machine").items())
         checks = self.checks(raw.get("check"))
@@ -215,8 +273,8 @@ class _Builder:
         if arch is not None and arch not in ("x86_64", "arm64", "riscv", "s390"):
             raise self.err("arch", f"unknown architecture {arch!r}; allowed: x86_64, arm64, riscv, s390")
         max_steps = raw.get("max_steps", 2000)
-        if not isinstance(max_steps, int) or max_steps < 1:
-            raise self.err("max_steps", "a positive integer")
+        if not _is_int(max_steps) or not 1 <= max_steps <= MAX_MAX_STEPS:
+            raise self.err("max_steps", f"an integer from 1 to {MAX_MAX_STEPS}")
         memory_models = self.memory_models(raw.get("memory_models", list(MEMORY_MODELS)))
         area = self.doc["area"]
         return Guarantee(
@@ -251,6 +309,8 @@ class _Builder:
               {"since": "", "until": "", "since_commit": "", "until_commit": ""})
         for k in ("since", "until"):
             if k in value:
+                if not isinstance(value[k], str):
+                    raise self.err(f"versions.{k}", f"a version string such as '6.12' (got {value[k]!r})")
                 try:
                     parse_version(value[k])
                 except ValueError as exc:
@@ -288,7 +348,7 @@ class _Builder:
         return tuple((k, w) for _, k, w in sorted(out))
 
     def param(self, key: str, name: str, spec: Any) -> Param:
-        if not NAME_RE.match(name) or name in self.constants:
+        if not NAME_RE.fullmatch(name) or name in self.constants:
             raise self.err(key, "a parameter name must be an identifier and not a constant's name")
         if isinstance(spec, bool):
             spec = {"bool": spec}
@@ -297,13 +357,19 @@ class _Builder:
             raise self.err(key, f"a parameter is a table with exactly one of: {allowed}")
         kind, v = next(iter(spec.items()))
         if kind == "range":
-            if (not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, int) for x in v)
+            if (not isinstance(v, list) or len(v) != 2 or not all(_is_int(x) for x in v)
                     or v[0] > v[1]):
                 raise self.err(f"{key}.range", "[low, high] with integers low <= high")
+            if not all(INT_MIN <= x <= INT_MAX for x in v):
+                raise self.err(f"{key}.range", f"bounds must lie in [{INT_MIN}, {INT_MAX}] (64-bit values)")
             return Param(name, "range", low=v[0], high=v[1])
         if kind == "choice":
             if not isinstance(v, list) or not v:
                 raise self.err(f"{key}.choice", "a non-empty list")
+            for x in v:
+                if not isinstance(x, (bool, int, str)) or _is_int(x) and not INT_MIN <= x <= INT_MAX:
+                    raise self.err(f"{key}.choice", f"values are integers (64-bit), booleans or names of "
+                                                    f"constants (got {x!r})")
             vals = tuple(self.constants.get(x, x) if isinstance(x, str) else x for x in v)
             return Param(name, "choice", values=vals)
         if kind == "from":
@@ -320,7 +386,18 @@ class _Builder:
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64:
             return value
         if isinstance(value, str):
-            return self.expr("vcpus", value, set())
+            expr = self.expr("vcpus", value, set())
+            p = self.params.get(expr.source)
+            if p is not None:  # a parameter's whole domain must be a vCPU count
+                if p.kind == "range":
+                    ok = 1 <= p.low and p.high <= MAX_VCPUS
+                else:
+                    ok = p.kind == "choice" and all(_is_int(x) and 1 <= x <= MAX_VCPUS for x in p.values)
+                if not ok:
+                    raise self.err("vcpus", f"parameter {p.name} can take values outside 1..{MAX_VCPUS}; "
+                                            f"a vCPU count needs range = [low, high] with 1 <= low <= high <= "
+                                            f"{MAX_VCPUS} (or a choice of such integers)")
+            return expr
         raise self.err("vcpus", "an integer from 1 to 64, or an expression naming a parameter")
 
     def expr(self, key: str, source: Any, extra: set[str]) -> Expr:
@@ -349,10 +426,10 @@ class _Builder:
         for ti, t in enumerate(raw):
             if not isinstance(t, dict):
                 raise self.err(f"thread[{ti}]", "must be a table")
-            for si, s in enumerate(t.get("steps", [])):
+            for si, s in enumerate(t.get("steps", []) if isinstance(t.get("steps", []), list) else []):
                 if isinstance(s, dict) and isinstance(s.get("as"), str):
                     b = s["as"]
-                    if not NAME_RE.match(b) or b in self.params or b in self.constants or b in self.bindings:
+                    if not NAME_RE.fullmatch(b) or b in self.params or b in self.constants or b in self.bindings:
                         raise self.err(f"thread[{ti}].steps[{si}].as",
                                        f"binding {b!r} must be a new identifier")
                     self.bindings.add(b)
@@ -361,13 +438,21 @@ class _Builder:
             key = f"thread[{ti}]"
             _keys(self.path, self.gid, key, t, THREAD_KEYS)
             name = t.get("name")
-            if not isinstance(name, str) or not NAME_RE.match(name) or name in names:
+            if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in names:
                 raise self.err(f"{key}.name", "a unique identifier is required")
             names.add(name)
             vcpu = t.get("vcpu")
-            per_vcpu = bool(t.get("per_vcpu", False))
-            if vcpu is not None and (not isinstance(vcpu, int) or vcpu < 0):
-                raise self.err(f"{key}.vcpu", "a vCPU index")
+            per_vcpu = t.get("per_vcpu", False)
+            if not isinstance(per_vcpu, bool):
+                raise self.err(f"{key}.per_vcpu", f"true or false (got {per_vcpu!r})")
+            if vcpu is not None and (not _is_int(vcpu) or not 0 <= vcpu < self.max_vcpus):
+                raise self.err(f"{key}.vcpu", f"a vCPU index from 0 to {self.max_vcpus - 1} (got {vcpu!r})")
+            raw_steps = t.get("steps", [])
+            if not isinstance(raw_steps, list):
+                raise self.err(f"{key}.steps", f"an array of step tables (got {raw_steps!r})")
+            if len(raw_steps) > MAX_FIXED_STEPS:
+                raise self.err(f"{key}.steps", f"at most {MAX_FIXED_STEPS} steps per thread "
+                                               f"(this one has {len(raw_steps)})")
             if per_vcpu and vcpu is not None:
                 raise self.err(f"{key}.per_vcpu", "per_vcpu threads get their vcpu from the copy; drop `vcpu`")
             loop = {"vcpu"} if per_vcpu else set()
@@ -402,6 +487,11 @@ class _Builder:
                 args[k] = self.expr(f"{key}.{k}", v, loop | (local or set()))
             elif not facets.ARG_TYPES[a.type](v):
                 raise self.err(f"{key}.{k}", f"{name}.{k} must be of type {a.type} (got {v!r})")
+            elif a.type == "vcpu" and v >= self.max_vcpus:
+                raise self.err(f"{key}.{k}", f"vCPU index {v} is out of range: the guarantee has "
+                                             f"{self.max_vcpus} vCPU(s), numbered from 0")
+            elif _is_int(v) and not INT_MIN <= v <= INT_MAX:
+                raise self.err(f"{key}.{k}", f"{v} does not fit in 64 bits")
             else:
                 args[k] = v
         for a in op.args:
@@ -424,7 +514,7 @@ class _Builder:
             raise self.err(key, "a table with length and choose")
         _keys(self.path, self.gid, key, raw, SEQUENCE_KEYS)
         length = raw.get("length")
-        if not (isinstance(length, list) and len(length) == 2 and all(isinstance(x, int) for x in length)
+        if not (isinstance(length, list) and len(length) == 2 and all(_is_int(x) for x in length)
                 and 0 <= length[0] <= length[1] <= 200):
             raise self.err(f"{key}.length", "[min, max] with 0 <= min <= max <= 200")
         choose = raw.get("choose")
@@ -475,3 +565,7 @@ class _Builder:
                                                     "only always/final/never checks carry an obligation")
             out.append(Check(kind, expr, when, message, obligation))
         return tuple(out)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)

@@ -76,7 +76,7 @@ EARLIEST = "4.13"
 
 def parse_version(text: str) -> tuple[int, int]:
     parts = str(text).strip().split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
         raise ValueError(f"{text!r} is not a kernel version of the form X.Y (e.g. 6.12)")
     return int(parts[0]), int(parts[1])
 

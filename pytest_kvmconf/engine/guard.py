@@ -1,0 +1,172 @@
+"""The engine's side of the backend contract: a backend is foreign code, so every call the
+engine makes into it outside an operation is checked, and a generator backend's run is watched.
+
+* :func:`new_machine` and :func:`close`: a method that raises or returns the wrong type becomes a
+  :class:`~pytest_kvmconf.errors.BackendFault`, one paragraph naming the backend and the method
+  (not a traceback through the engine, and never a condition error downstream).
+* :func:`check_state`: ``observe()`` must return a mapping.
+* :func:`watched`: a generator backend's schedule runs on a pooled worker that the engine
+  watches with the same wall-clock bound as thread backends (``point_timeout`` without
+  progress), so a backend blocking forever is reported as a hang, with its stack, and abandoned.
+* :class:`Census`: threads and fds around a guarantee's search; a backend that leaves some
+  behind per machine is reported as a fault of the backend.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..backend import Backend, Machine, MachineConfig
+from ..errors import BackendFault, BackendHang, KvmconfError
+from .workers import Job
+
+#: Stack frames of a hung generator run shown in its report.
+STACK_DEPTH = 8
+
+
+def _name(backend: Any) -> str:
+    return repr(getattr(backend, "name", type(backend).__name__))
+
+
+def _raised(backend: Any, method: str, exc: BaseException) -> BackendFault:
+    where = ""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if tb:
+        last = tb[-1]
+        where = f" (at {os.path.basename(last.filename)}:{last.lineno}, in {last.name})"
+    return BackendFault(f"backend {_name(backend)}: {method} raised {type(exc).__name__}: {exc}{where}")
+
+
+def new_machine(backend: Backend, config: MachineConfig) -> Machine:
+    try:
+        machine = backend.new_machine(config)
+    except KvmconfError:
+        raise
+    except Exception as exc:
+        raise _raised(backend, "new_machine()", exc) from None
+    execution = getattr(machine, "execution", "generator")
+    missing = [m for m in ("run_op", "observe", "close") if not callable(getattr(machine, m, None))]
+    if missing or execution not in ("generator", "threads"):
+        what = f"lacks {', '.join(missing)}" if missing else f"has execution = {execution!r}"
+        raise BackendFault(
+            f"backend {_name(backend)}: new_machine() returned {type(machine).__name__}, which {what}; a "
+            "machine has run_op, observe and close, and execution 'generator' or 'threads' "
+            "(see pytest_kvmconf.backend.Machine)")
+    return machine
+
+
+def check_state(backend: Any, state: Any) -> Mapping[str, Any]:
+    if not isinstance(state, Mapping):
+        raise BackendFault(f"backend {_name(backend)}: observe() returned {type(state).__name__} "
+                           f"{_clip(state)}; it must return a mapping of observable names to plain data")
+    return state
+
+
+def observe(backend: Any, machine: Machine) -> Mapping[str, Any]:
+    try:
+        state = machine.observe()
+    except KvmconfError:
+        raise
+    except Exception as exc:
+        raise _raised(backend, "observe()", exc) from None
+    return check_state(backend, state)
+
+
+def close(backend: Any, machine: Machine) -> None:
+    try:
+        machine.close()
+    except KvmconfError:
+        raise
+    except Exception as exc:
+        raise _raised(backend, "close()", exc) from None
+
+
+def _clip(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__
+        return ""
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class Progress:
+    """What the watched run last did; the scheduler bumps ``count`` at every advance."""
+
+    __slots__ = ("count", "where")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.where = "start"
+
+
+def watched(run: Callable[[], None], progress: Progress, timeout: float, what: str) -> None:
+    """Run ``run`` on a pooled worker; raise BackendHang when it makes no progress for
+    ``timeout`` seconds (the worker is then abandoned: a daemon that takes no further job)."""
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as exc:  # handed to the engine's thread
+            error.append(exc)
+
+    job = Job(target, what)
+    job.start()
+    seen = -1
+    while True:
+        job.join(timeout)
+        if not job.is_alive():
+            break
+        if progress.count == seen:
+            job.discard()
+            frame = sys._current_frames().get(job.ident or -1)
+            stack = traceback.format_list(traceback.extract_stack(frame)[-STACK_DEPTH:]) if frame else []
+            lines = "".join("      " + ln for s in stack for ln in s.rstrip().splitlines(True)).rstrip()
+            raise BackendHang(
+                f"{what}: the backend made no progress for {timeout:g} s (it blocks or loops inside an "
+                f"operation), last at {progress.where!r}; its thread, kvmconf:{what}, is abandoned "
+                f"(a daemon: it cannot keep pytest from exiting)\n    stack:\n{lines}")
+        seen = progress.count
+    if error:
+        raise error[0]
+
+
+def _fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def _threads() -> set[threading.Thread]:
+    # The engine's own pooled workers come and go; what the backend starts is what counts.
+    return {t for t in threading.enumerate() if not t.name.startswith(("kvmconf-worker", "kvmconf:"))}
+
+
+class Census:
+    """Threads and fds before and after a guarantee's search. A backend that leaks per machine
+    shows growth near the number of machines; a few stray ones (a lazily opened file) do not count."""
+
+    def __init__(self) -> None:
+        self.threads, self.fds = _threads(), _fds()
+
+    def check(self, backend: Any, machines: int) -> None:
+        if machines < 4:
+            return
+        bar = max(3, machines // 2)
+        new = [t for t in _threads() - self.threads if t.is_alive()]
+        fds = _fds() - self.fds
+        if len(new) >= bar or fds >= bar:
+            names = sorted({t.name for t in new})
+            shown = ", ".join(names[:5]) + (f", ... ({len(names)} names)" if len(names) > 5 else "")
+            parts = ([f"{len(new)} thread(s) still running ({shown})"] if len(new) >= bar else []) + \
+                    ([f"{fds} more open file descriptors"] if fds >= bar else [])
+            raise BackendFault(
+                f"backend {_name(backend)} leaks per machine: after {machines} machines were created and "
+                f"closed, {' and '.join(parts)} than before; close() must release every thread and fd "
+                "its machine holds")
