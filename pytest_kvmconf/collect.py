@@ -13,6 +13,7 @@ from . import replay as replays
 from .conformance import why_not
 from .engine.explore import CouldNotDecide, NothingReached, ViolationFound, explore, replay
 from .engine.runner import RunOptions
+from .errors import BackendFault, EvalError, ExprError, Finding, KvmconfError, ReplayError
 from .profiles import base_settings
 from .progress import Progress
 from .report import violation_record, violation_report
@@ -40,8 +41,8 @@ class SpecFile(pytest.File):
         return items
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, SpecError):
-            return f"spec error: {excinfo.value}"
+        if isinstance(excinfo.value, KvmconfError):
+            return _error_text(excinfo.value)
         return super().repr_failure(excinfo)
 
 
@@ -119,7 +120,10 @@ class GuaranteeItem(pytest.Item):
                 spec_folders=[p for p in run.spec_paths if p != run.bundled_folder],
                 bundled=run.bundled_folder is not None, free=run.free, point_timeout=run.point_timeout,
                 memory_model=run.memory_model)
-            return violation_report(exc.outcome, run.doc_version, cmd, free=run.free)
+            text = violation_report(exc.outcome, run.doc_version, cmd, free=run.free)
+            return f"{text}\n{exc.note}" if exc.note else text
+        if isinstance(exc, KvmconfError) and not isinstance(exc, Finding):
+            return _error_text(exc)
         if isinstance(exc, NothingReached):
             g = exc.guarantee
             return (f"{g.id} not shown: {g.title}\n  \"{g.quote}\"\n\n{exc}\n"
@@ -139,3 +143,13 @@ class GuaranteeItem(pytest.Item):
             return None
         m = re.search(rf'^\s*id\s*=\s*["\']{re.escape(self.guarantee.id)}["\']', text, re.M)
         return None if m is None else text.count("\n", 0, m.start())
+
+
+def _error_text(exc: KvmconfError) -> str:
+    """One paragraph, no traceback: the message already names the file, guarantee and key, or
+    the backend and its method."""
+    kind = ("spec error" if isinstance(exc, (SpecError, ExprError, EvalError)) else
+            "replay error" if isinstance(exc, ReplayError) else
+            "backend error" if isinstance(exc, BackendFault) else "error")
+    return f"{kind}: {exc}"
+

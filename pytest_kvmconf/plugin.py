@@ -12,6 +12,7 @@ from . import replay as replays
 from .collect import SpecFile
 from .registry import BackendError, bundled, entry_point_backends, resolve
 from .session import KEY, RunState, state_of
+from .spec.loader import unusable_files
 from .spec.model import MEMORY_MODELS
 from .spec.versions import KNOWN_VERSIONS, NEWEST, check_doc_version
 
@@ -165,8 +166,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if memory_model not in MEMORY_MODELS:
         raise pytest.UsageError(f"kvm_memory_model = {memory_model!r} in the ini file: choose one of "
                                 f"{', '.join(MEMORY_MODELS)}")
+    if doc_version not in KNOWN_VERSIONS:
+        raise pytest.UsageError(f"--kvm-doc-version={doc_version} names no known document text; "
+                                f"known texts: {', '.join(KNOWN_VERSIONS)}")
     replay = None
-    if opt.kvm_replay:
+    if opt.kvm_replay is not None:  # an empty --kvm-replay= is a mistake too, not "no replay"
         try:
             replay = replays.decode(opt.kvm_replay)
         except replays.ReplayError as exc:
@@ -202,14 +206,22 @@ def pytest_configure(config: pytest.Config) -> None:
             config.args = [*config.args, *(str(p) for p in paths)]
         state.collect = {f.resolve() for f in _spec_files(paths)}
         try:
-            state.backend()  # fail early, with the list of known backends
+            backend = state.backend()  # fail early, with the list of known backends
         except BackendError as exc:
             raise pytest.UsageError(str(exc)) from None
-        errors, warnings = backend_check.problems(state.backend())
+        errors, warnings = backend_check.problems(backend)
         if errors:
             raise pytest.UsageError("\n".join(errors))
         for text in warnings:
             config.issue_config_time_warning(backend_check.BackendWarning(text), stacklevel=2)
+        if state.free and getattr(backend, "execution", "threads") != "threads":
+            raise pytest.UsageError(
+                f"--kvm-schedule=free runs a thread backend's OS threads preemptively; backend "
+                f"{state.backend_name!r} runs its machines as generators (execution = "
+                f"{backend.execution!r}), whose interleavings are all chosen by the engine")
+        for unusable, why in unusable_files(paths):
+            config.issue_config_time_warning(
+                pytest.PytestWarning(f"spec folder: {unusable} is left out: {why}"), stacklevel=2)
     profiles.profile_name(config)  # a wrong kvm_profile ini value fails here, not per item
     expectations.configure(config, state.backend() if paths else None)
     conformance.configure(config)

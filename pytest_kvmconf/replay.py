@@ -24,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .engine import replay_guard
 from .engine.schedule import Schedule
 from .errors import ReplayError
 from .spec.expr import Expr
@@ -79,7 +80,7 @@ def encode(g: Guarantee, schedule: Schedule) -> str:
 
 
 def decode(text: str) -> Replay:
-    head, sep, blob = text.strip().partition(":")
+    head, sep, blob = replay_guard.check_text(text).partition(":")  # not empty, not huge
     gid, at, fp = head.partition("@")
     if not sep or not at or not fp:
         raise ReplayError("a replay string looks like REQ-15@3f2a9c01d4:eNq... (the guarantee id, '@', the "

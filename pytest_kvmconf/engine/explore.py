@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
+from hypothesis.errors import FlakyFailure
 
 from ..backend import Backend
-from ..errors import CouldNotDecide, NothingReached, ViolationFound
+from ..errors import CouldNotDecide, Finding, KvmconfError, NothingReached, ViolationFound
 from ..spec.model import Guarantee
 from ..strategies import schedule_strategy
+from . import guard, replay_guard
 from .coverage import Coverage
 from .records import Outcome
 from .runner import RunOptions, run_schedule
@@ -58,13 +60,23 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
     # treated the same way, so a violation is never lost to hypothesis' FlakyFailure.
     kept: list[Outcome] = []
     replays = getattr(backend, "replays", True)
+    # An error of the spec or of the backend contract is no finding to shrink: the first ends the search.
+    errors: list[KvmconfError] = []
+    machines = [0]
 
     def check(schedule: Schedule) -> None:
-        if kept or stats.too_undecided(UNDECIDED_STOP):
+        if kept or errors or stats.too_undecided(UNDECIDED_STOP):
             return
         stats.examples += 1
         for _ in range(FREE_ITERATIONS if options.free else 1):
-            outcome = stats.coverage.run(stats.examples, lambda: run_schedule(g, backend, schedule, options))
+            machines[0] += 1
+            try:
+                outcome = stats.coverage.run(stats.examples, lambda: run_schedule(g, backend, schedule, options))
+            except Finding:
+                raise
+            except KvmconfError as exc:
+                errors.append(exc)
+                return
             if outcome.undecided:
                 stats.undecided += 1
                 stats.undecided_why = stats.undecided_why or outcome.undecided
@@ -94,8 +106,14 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
     if seed is not None:
         test = hypothesis_seed(seed)(test)
     start = time.perf_counter()
+    census = guard.Census()
     try:
-        test()
+        try:
+            test()
+        except FlakyFailure as exc:
+            raise _not_reproduced(exc) from None
+        if errors:
+            raise errors[0]
         if kept:
             raise ViolationFound(kept[0])
         if stats.too_undecided():
@@ -104,6 +122,7 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
             wanted = {i for i, c in enumerate(g.checks) if c.kind == "exists"}
             if not wanted <= stats.reached:
                 raise NothingReached(g, stats.examples, last[0] if last else None)
+        census.check(backend, machines[0])
     except (ViolationFound, NothingReached, CouldNotDecide) as exc:
         exc.stats = stats  # the report wants the search's figures for failures too
         raise
@@ -112,8 +131,29 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
     return stats
 
 
+def _not_reproduced(exc: FlakyFailure) -> BaseException:
+    """hypothesis found a violation that did not happen again on the same schedule: report it
+    like any violation (timeline, state, replay), saying that it did not reproduce."""
+    found = [e for e in _leaves(exc) if isinstance(e, ViolationFound)]
+    if not found:
+        return exc
+    v = found[0]
+    return ViolationFound(v.outcome, note=(
+        "This violation did not reproduce: hypothesis ran the same schedule again and it passed (the "
+        "backend's behaviour depends on something outside the schedule, e.g. OS timing or state kept "
+        "between machines). The replay command may therefore pass."))
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    inner = getattr(exc, "exceptions", None)  # an exception group (3.11+, or exceptiongroup on 3.10)
+    if isinstance(inner, (tuple, list)):
+        return [leaf for e in inner for leaf in _leaves(e)]
+    return [exc]
+
+
 def replay(g: Guarantee, backend: Backend, options: RunOptions, schedule: Schedule) -> Outcome:
     """Run exactly one schedule; raise ViolationFound if it breaks the guarantee."""
+    replay_guard.check(schedule, g, options.doc_version)  # before anything runs
     outcome = run_schedule(g, backend, schedule, options)
     if outcome.violation is not None:
         raise ViolationFound(outcome)

@@ -18,7 +18,16 @@ from typing import Any
 
 from .. import facets
 from ..backend import Backend, MachineConfig, default_arch, judges
-from ..errors import BackendFault, BackendHang, BudgetExceeded, EvalError, KvmconfError, SpecError, UndecidedUnderLoad
+from ..errors import (
+    BackendFault,
+    BackendHang,
+    BudgetExceeded,
+    EvalError,
+    KvmconfError,
+    SpecError,
+    UndecidedUnderLoad,
+    UsageError,
+)
 from ..facets.requests import request_name
 from ..spec.expr import Expr
 from ..spec.loader import MAX_VCPUS
@@ -63,6 +72,10 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
     plans = make_plans(g, schedule, nr_vcpus, env, bindings)
     outcome = Outcome(g, schedule, params, [p.name for p in plans], [], None)
     machine = guard.new_machine(backend, config)
+    if options.free and getattr(machine, "execution", "generator") != "threads":
+        guard.close(backend, machine)
+        raise UsageError(f"--kvm-schedule=free runs a thread backend's OS threads preemptively; backend "
+                         f"{getattr(backend, 'name', '?')!r} runs its machines as generators")
     handles: list[Handle] = []
     try:
         fmt = _Formats(options.doc_version)

@@ -15,6 +15,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ReplayError
+from . import replay_guard
+
 GeneratedStep = tuple[int, tuple[tuple[str, Any], ...]]  # (choice index, its drawn params)
 
 
@@ -33,20 +36,24 @@ class Schedule:
 
     @classmethod
     def decode(cls, text: str) -> Schedule:
-        gid, sep, blob = text.strip().partition(":")
+        # Untrusted input: inflated and parsed within limits (replay_guard), checked against
+        # the guarantee before it runs (replay_guard.check).
+        gid, sep, blob = replay_guard.check_text(text).partition(":")
         if not sep or not blob:
-            raise ValueError("a replay string looks like REQ-15:eNq... (the guarantee id, ':', the schedule)")
+            raise ReplayError("a replay string looks like REQ-15:eNq... (the guarantee id, ':', the schedule)")
         try:
-            raw = zlib.decompress(base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4)))
-            params, seqs, tape = json.loads(raw)
+            raw = replay_guard.inflate(base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4)))
+            params, seqs, tape = replay_guard.load_json(raw)
             return cls(
                 gid,
                 tuple((k, v) for k, v in params),
                 tuple((t, tuple((c, tuple((k, v) for k, v in ps)) for c, ps in steps)) for t, steps in seqs),
-                tuple(int(x) for x in tape),
+                tuple(tape),
             )
+        except ReplayError as exc:
+            raise ReplayError(f"replay string for {gid} is damaged: {exc}") from None
         except (ValueError, TypeError, zlib.error) as exc:
-            raise ValueError(f"replay string for {gid} is damaged: {exc}") from None
+            raise ReplayError(f"replay string for {gid} is damaged: {exc}") from None
 
 
 class Chooser:
