@@ -38,6 +38,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 TABLE = "violation"
 KEYS = {"id": "the guarantee id, e.g. REQ-15", "reason": "why the backend violates it (shown with the xfail)"}
+MAX_FILE_BYTES = 1 << 20
 NO_LONGER = "known violation no longer reproduced"
 #: Expectation files shipped with the plugin (e.g. known/linux.toml: where Linux differs from the
 #: documents); ``--kvm-expect=linux`` names one without a path.
@@ -67,12 +68,21 @@ class Expectation:
 def load(path: Path | str) -> dict[str, Expectation]:
     """Read one expectation file: guarantee id -> Expectation."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ExpectationError(path, None, "not a regular file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ExpectationError(path, None, f"an expectation file may be at most {MAX_FILE_BYTES} bytes")
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ExpectationError(path, None, f"not valid UTF-8: byte {exc.object[exc.start]:#04x} at offset "
+                                           f"{exc.start}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ExpectationError(path, None, f"not valid TOML: {exc}") from None
+    except (RecursionError, MemoryError):
+        raise ExpectationError(path, None, "not usable TOML: its arrays or tables nest too deeply") from None
     except OSError as exc:
-        raise ExpectationError(path, None, f"cannot read: {exc.strerror}") from None
+        raise ExpectationError(path, None, f"cannot read: {exc.strerror or exc}") from None
     for key in data:
         if key != TABLE:
             raise ExpectationError(path, key, f"unknown key {key!r}; an expectation file holds only "
@@ -83,6 +93,9 @@ def load(path: Path | str) -> dict[str, Expectation]:
     out: dict[str, Expectation] = {}
     for i, entry in enumerate(raw):
         where = f"{TABLE}[{i}]"
+        if not isinstance(entry, dict):
+            raise ExpectationError(path, where, f"each entry is a [[{TABLE}]] table with id and reason "
+                                                f"(got a {type(entry).__name__})")
         for key in entry:
             if key not in KEYS:
                 raise ExpectationError(path, f"{where}.{key}",

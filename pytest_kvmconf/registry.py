@@ -8,8 +8,10 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from .backend import Backend
+from .engine.guard import clip
 from .errors import BackendError
 from .hookspecs import ENTRY_POINT_GROUP
+from .spec.versions import KNOWN_VERSIONS
 
 
 def bundled() -> dict[str, Callable[[], Backend]]:
@@ -70,4 +72,32 @@ def resolve(name: str, known: Mapping[str, Callable[[], Any]]) -> Backend:
         raise BackendError(
             f"backend {name!r}: its factory returned {type(backend).__name__}, which lacks "
             f"{', '.join(missing)} (see pytest_kvmconf.backend.Backend)")
+    wrong = _wrong_types(backend)
+    if wrong:
+        raise BackendError(f"backend {name!r}: {'; '.join(wrong)} (see pytest_kvmconf.backend.Backend)")
     return backend
+
+
+def _wrong_types(backend: Any) -> list[str]:
+    """What a backend declares with the wrong type: caught here, once, rather than as a confusing
+    failure of every guarantee later."""
+    out = []
+    if not isinstance(backend.name, str):
+        out.append(f"name is {type(backend.name).__name__}, not a string")
+    for attr in ("capabilities", "archs"):
+        value = getattr(backend, attr)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (set, frozenset, tuple, list)) \
+                or not all(isinstance(x, str) for x in value):
+            out.append(f"{attr} is {type(value).__name__} {clip(value)}, not a frozenset of strings")
+    versions = backend.doc_versions
+    if not callable(getattr(versions, "contains", None)):
+        out.append(f"doc_versions is {type(versions).__name__} {clip(versions)}, not a VersionRange")
+    else:
+        try:
+            versions.contains(KNOWN_VERSIONS[-1])
+        except Exception as exc:
+            out.append(f"doc_versions.contains() raised {type(exc).__name__}: {exc} (not a VersionRange?)")
+    if not callable(backend.new_machine):
+        out.append("new_machine is not callable")
+    return out
+

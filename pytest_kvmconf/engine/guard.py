@@ -63,7 +63,7 @@ def new_machine(backend: Backend, config: MachineConfig) -> Machine:
 def check_state(backend: Any, state: Any) -> Mapping[str, Any]:
     if not isinstance(state, Mapping):
         raise BackendFault(f"backend {_name(backend)}: observe() returned {type(state).__name__} "
-                           f"{_clip(state)}; it must return a mapping of observable names to plain data")
+                           f"{clip(state)}; it must return a mapping of observable names to plain data")
     return state
 
 
@@ -86,7 +86,7 @@ def close(backend: Any, machine: Machine) -> None:
         raise _raised(backend, "close()", exc) from None
 
 
-def _clip(value: Any) -> str:
+def clip(value: Any) -> str:
     try:
         text = repr(value)
     except Exception:  # a hostile __repr__
