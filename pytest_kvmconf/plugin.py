@@ -12,7 +12,7 @@ from . import replay as replays
 from .collect import SpecFile
 from .registry import BackendError, bundled, entry_point_backends, resolve
 from .session import KEY, RunState, state_of
-from .spec.loader import unusable_files
+from .spec.loader import spec_files, unusable_files
 from .spec.model import MEMORY_MODELS
 from .spec.versions import KNOWN_VERSIONS, NEWEST, check_doc_version
 
@@ -214,11 +214,14 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError("\n".join(errors))
         for text in warnings:
             config.issue_config_time_warning(backend_check.BackendWarning(text), stacklevel=2)
-        if state.free and getattr(backend, "execution", "threads") != "threads":
+        # A backend that declares no execution style is checked when its first machine runs.
+        execution = getattr(backend, "execution", None) or getattr(getattr(backend, "machine_class", None),
+                                                                   "execution", "threads")
+        if state.free and execution != "threads":
             raise pytest.UsageError(
                 f"--kvm-schedule=free runs a thread backend's OS threads preemptively; backend "
-                f"{state.backend_name!r} runs its machines as generators (execution = "
-                f"{backend.execution!r}), whose interleavings are all chosen by the engine")
+                f"{state.backend_name!r} runs its machines as generators (execution = {execution!r}), "
+                "whose interleavings the engine chooses itself")
         for unusable, why in unusable_files(paths):
             config.issue_config_time_warning(
                 pytest.PytestWarning(f"spec folder: {unusable} is left out: {why}"), stacklevel=2)
@@ -234,14 +237,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _spec_files(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        cands = [p] if p.is_file() else sorted(p.glob("*.toml"))
-        for f in cands:
-            if f.resolve() not in {x.resolve() for x in files}:
-                files.append(f)
-    return files
+    return spec_files(paths)  # each regular file once; FIFOs and symlink loops are left out (warned)
 
 
 def _display_name(path: Path, folders: list[Path], rootpath: Path) -> str:

@@ -157,6 +157,16 @@ def _declared_fields() -> frozenset[str]:
     return frozenset(out)
 
 
+def _check_key(g: Guarantee, exc: Exception) -> str:
+    """The key of the check whose condition raised ``exc`` (Expr.evaluate notes its source)."""
+    source = getattr(exc, "source", None)
+    for i, c in enumerate(g.checks):
+        for part, expr in ((c.kind, c.expr), ("when", c.when)):
+            if expr is not None and expr.source == source:
+                return f"check[{i}].{part}"
+    return "check"
+
+
 def _spec_value(g: Guarantee, key: str, expr: Expr, env: Mapping[str, Any]) -> Any:
     """A spec's parameter expression (vcpus, a machine option); failing, it is the spec's error."""
     try:
@@ -189,7 +199,7 @@ class _Scheduler:
         """A field no facet declares, missing from the state: the spec's typo, not the backend's fault."""
         name = getattr(exc, "field", None)
         if name is not None and name not in _declared_fields():
-            raise SpecError(self.g.file, self.g.id, "check",
+            raise SpecError(self.g.file, self.g.id, _check_key(self.g, exc),
                             f"{getattr(exc, 'source', 'a condition')!r} reads field {name!r}, which no facet "
                             f"declares: {exc}") from None
 
@@ -259,8 +269,8 @@ class _Scheduler:
                             break
                     if out.violation:
                         break
-        except BudgetExceeded:
-            raise
+        except BudgetExceeded as exc:
+            raise SpecError(self.g.file, self.g.id, _check_key(self.g, exc), str(exc)) from None
         except EvalError as exc:
             self.misspelt(exc)
             out.violation = Violation("error", f"a condition could not be evaluated: {exc}")
@@ -302,8 +312,8 @@ class _Scheduler:
                     return
                 if c.kind == "exists" and c.expr.evaluate(env):
                     out.reached.add(i)
-        except BudgetExceeded:
-            raise
+        except BudgetExceeded as exc:
+            raise SpecError(self.g.file, self.g.id, _check_key(self.g, exc), str(exc)) from None
         except EvalError as exc:
             self.misspelt(exc)
             out.violation = Violation("error", f"a condition could not be evaluated: {exc}")

@@ -125,7 +125,9 @@ class Expr:
         try:
             return fn(env, [MAX_STEPS])
         except BudgetExceeded as exc:
-            raise BudgetExceeded(f"condition exceeded its budget: {exc} (in {_short(self.source)})") from None
+            over = BudgetExceeded(f"condition exceeded its budget: {exc} (in {_short(self.source)})")
+            over.source = self.source  # type: ignore[attr-defined]
+            raise over from None
         except EvalError as exc:
             exc.source = self.source  # type: ignore[attr-defined]
             raise
