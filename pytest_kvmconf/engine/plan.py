@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import SpecError
 from ..facets import Op
 from ..spec.expr import Expr
+from ..spec.loader import MAX_VCPUS
 from ..spec.model import Guarantee, Step
 from .schedule import Schedule
 
@@ -40,6 +41,9 @@ class ThreadPlan:
     bindings: dict[str, Any] = field(repr=False, default_factory=dict)
     #: (spec file, guarantee id), for errors of the spec found while running.
     origin: tuple[str, str | None] = ("spec", None)
+    #: vCPU arguments must be below this: the run's vCPUs, or MAX_VCPUS where the spec creates
+    #: vCPUs at run time (and may address one it has not created, to check the refusal).
+    vcpu_limit: int = 64
 
     def args(self, ps: PlannedStep) -> dict[str, Any]:
         out = {}
@@ -49,10 +53,10 @@ class ThreadPlan:
                 if env is None:
                     env = {**self.env, **self.bindings, **ps.scope}
                 value = out[k] = v.evaluate(env)
-                if k in _vcpu_args(ps.step.op) and not (type(value) is int and 0 <= value < env["nr_vcpus"]):
+                if k in _vcpu_args(ps.step.op) and not (type(value) is int and 0 <= value < self.vcpu_limit):
                     raise SpecError(*self.origin, ps.step.where,
                                     f"{k} = {v.source!r} evaluated to {value!r}: not a vCPU index of this "
-                                    f"run (0 to {env['nr_vcpus'] - 1})")
+                                    f"run (0 to {self.vcpu_limit - 1})")
             else:
                 out[k] = v
         return out
@@ -66,9 +70,15 @@ class ThreadPlan:
             yield ps, self.args(ps)
 
 
+def creates_vcpus(g: Guarantee) -> bool:
+    return any(s.op.name.endswith("create_vcpu") for t in g.threads
+               for s in t.steps + (t.sequence.choose if t.sequence else ()))
+
+
 def make_plans(g: Guarantee, schedule: Schedule, nr_vcpus: int, env: dict[str, Any],
                bindings: dict[str, Any]) -> list[ThreadPlan]:
     generated = dict(schedule.sequences)
+    limit = MAX_VCPUS if creates_vcpus(g) else nr_vcpus
     plans = []
     for t in g.threads:
         copies = [(f"{t.name}{i}", i, {"vcpu": i}) for i in range(nr_vcpus)] if t.per_vcpu \
@@ -78,5 +88,5 @@ def make_plans(g: Guarantee, schedule: Schedule, nr_vcpus: int, env: dict[str, A
             if t.sequence is not None:
                 for choice, drawn in generated.get(t.name, ()):
                     steps.append(PlannedStep(t.sequence.choose[choice], {**scope, **dict(drawn)}))
-            plans.append(ThreadPlan(name, vcpu, steps, env, bindings, (str(g.file), g.id)))
+            plans.append(ThreadPlan(name, vcpu, steps, env, bindings, (str(g.file), g.id), limit))
     return plans

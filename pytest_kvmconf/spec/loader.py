@@ -232,6 +232,8 @@ class _Builder:
         self.params: dict[str, Param] = {}
         self.bindings: set[str] = set()
         self.max_vcpus = MAX_VCPUS
+        # A spec that creates vCPUs at run time may address ones beyond `vcpus` (ATTR-08 does).
+        self.creates_vcpus = any(str(s.get("op", "")).endswith("create_vcpu") for s in _raw_steps(raw))
         self.roots = {re.split(r"[\[.]", n)[0] for n in facets.all_observables()} | ENGINE_NAMES
 
     def err(self, key: str | None, message: str) -> SpecError:
@@ -487,7 +489,7 @@ class _Builder:
                 args[k] = self.expr(f"{key}.{k}", v, loop | (local or set()))
             elif not facets.ARG_TYPES[a.type](v):
                 raise self.err(f"{key}.{k}", f"{name}.{k} must be of type {a.type} (got {v!r})")
-            elif a.type == "vcpu" and v >= self.max_vcpus:
+            elif a.type == "vcpu" and v >= (MAX_VCPUS if self.creates_vcpus else self.max_vcpus):
                 raise self.err(f"{key}.{k}", f"vCPU index {v} is out of range: the guarantee has "
                                              f"{self.max_vcpus} vCPU(s), numbered from 0")
             elif _is_int(v) and not INT_MIN <= v <= INT_MAX:
@@ -569,3 +571,17 @@ class _Builder:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _raw_steps(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every step table of a raw guarantee (fixed and sequence choices), before validation."""
+    out = []
+    for t in raw.get("thread", []) if isinstance(raw.get("thread"), list) else []:
+        if not isinstance(t, dict):
+            continue
+        seq = t.get("sequence")
+        choose = seq.get("choose") if isinstance(seq, dict) else None
+        for part in (t.get("steps"), choose):
+            if isinstance(part, list):
+                out.extend(s for s in part if isinstance(s, dict))
+    return out

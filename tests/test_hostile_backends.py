@@ -1,0 +1,336 @@
+"""Hostile backends: each misbehaviour is reported in one paragraph naming the backend and the
+method, a hang is stopped within the point timeout, nothing is left behind, and pytest exits."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import threading
+import time
+from typing import Any
+
+import pytest
+from hypothesis import settings
+
+from pytest_kvmconf import Point
+from pytest_kvmconf.engine import workers
+from pytest_kvmconf.engine.explore import explore
+from pytest_kvmconf.engine.runner import RunOptions, run_schedule
+from pytest_kvmconf.engine.schedule import Schedule
+from pytest_kvmconf.errors import BackendError, BackendFault, ViolationFound
+from pytest_kvmconf.facets.requests import KVM_REQUEST_MASK
+from pytest_kvmconf.registry import resolve
+from pytest_kvmconf.spec.loader import load_file
+from pytest_kvmconf.spec.versions import VersionRange
+
+SPEC = textwrap.dedent('''
+    [document]
+    file = "vcpu-requests.rst"
+    area = "requests"
+
+    [[guarantee]]
+    id = "BAD-01"
+    title = "A made request is pending"
+    section = "Overview"
+    quote = "Make request @req of VCPU @vcpu."
+    versions = { since = "4.13" }
+    params.req = { from = "arch_independent_requests" }
+    [[guarantee.thread]]
+    name = "requester"
+    steps = [{ op = "kvm_make_request", req = "req", vcpu = 0 }]
+    [[guarantee.check]]
+    final = "(req & KVM_REQUEST_MASK) in vcpus[0].requests"
+''')
+QUICK = settings(max_examples=10, database=None)
+
+
+@pytest.fixture(scope="module")
+def g(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    path = tmp_path_factory.mktemp("bad") / "bad.toml"
+    path.write_text(SPEC)
+    return load_file(path)[0]
+
+
+def schedule() -> Schedule:
+    return Schedule("BAD-01", (("req", 768),), (), (0,))
+
+
+class Machine:
+    """A correct generator machine of the request bitmap; the tests break one thing each."""
+
+    execution = "generator"
+
+    def __init__(self, config: Any):
+        self.requests: set[int] = set()
+
+    def run_op(self, ctx: Any, op: str, args: dict) -> Any:
+        return getattr(self, op)(**args)
+
+    def kvm_make_request(self, req: int, vcpu: int, state: Any = None) -> Any:
+        self.requests.add(req & KVM_REQUEST_MASK)
+        yield Point("set_bit(req, &vcpu->requests)")
+
+    def observe(self) -> Any:
+        return {"vcpus": [{"requests": frozenset(self.requests)}]}
+
+    def close(self) -> None:
+        pass
+
+
+class Backend:
+    name = "bad"
+    description = "a hostile backend"
+    capabilities = frozenset({"requests"})
+    archs = frozenset({"x86_64"})
+    doc_versions = VersionRange("4.13")
+    machine = Machine
+
+    def new_machine(self, config: Any) -> Any:
+        return self.machine(config)
+
+
+def backend(**overrides: Any) -> Backend:
+    """A Backend whose machine class has ``overrides`` (methods or attributes)."""
+    b = Backend()
+    b.machine = type("Broken", (Machine,), overrides)
+    return b
+
+
+# -- backends that block or spin ---------------------------------------------------------
+
+def test_a_generator_backend_that_blocks_forever_is_a_hang_and_its_thread_is_abandoned() -> None:
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def kvm_make_request(self: Any, req: int, vcpu: int, state: Any = None) -> Any:
+        seen.append(threading.get_ident())
+        gate.wait()  # nobody sets it while the run lasts
+        yield Point("never reached")
+
+    b = backend(kvm_make_request=kvm_make_request)
+    start = time.monotonic()
+    try:
+        out = run_schedule(_g(), b, schedule(), RunOptions("6.18", point_timeout=0.5))
+        spent = time.monotonic() - start
+        assert out.violation is not None and out.violation.kind == "hang", out.violation
+        msg = out.violation.message
+        assert "no progress for 0.5 s" in msg and "gate.wait()" in msg and "abandoned" in msg, msg
+        assert spent < 10, spent
+        assert any("BAD-01 generator run" in name for name in workers.abandoned())
+    finally:
+        gate.set()
+    # Released, the abandoned worker ends instead of going back to the pool.
+    deadline = time.monotonic() + 10
+    while any(t.ident == seen[0] for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.ident == seen[0] for t in threading.enumerate())
+    assert not workers.abandoned()
+
+
+_G: list[Any] = []
+
+
+def _g() -> Any:
+    return _G[0]
+
+
+@pytest.fixture(autouse=True)
+def _remember(g: Any) -> None:
+    if not _G:
+        _G.append(g)
+
+
+HANGING = textwrap.dedent('''
+    import threading
+    from pytest_kvmconf import Point
+    from pytest_kvmconf.scheduling import point
+    from pytest_kvmconf.facets.requests import KVM_REQUEST_MASK
+    from pytest_kvmconf.spec.versions import VersionRange
+
+    class Blocks:
+        execution = "generator"
+        def __init__(self, config):
+            self.requests = set()
+        def run_op(self, ctx, op, args):
+            return getattr(self, op)(**args)
+        def kvm_make_request(self, req, vcpu, state=None):
+            threading.Event().wait()  # forever
+            yield Point("never")
+        def observe(self):
+            return {"vcpus": [{"requests": frozenset(self.requests)}]}
+        def close(self):
+            pass
+
+    class Spins(Blocks):
+        execution = "threads"
+        def kvm_make_request(self, req, vcpu, state=None):
+            while True:  # forever, no scheduling point
+                pass
+
+    class Backend:
+        description = "hangs"
+        capabilities = frozenset({"requests"})
+        archs = frozenset({"x86_64"})
+        doc_versions = VersionRange("4.13")
+        def __init__(self, machine):
+            self.machine, self.name = machine, machine.__name__.lower()
+        def new_machine(self, config):
+            return self.machine(config)
+
+    def blocks():
+        return Backend(Blocks)
+
+    def spins():
+        return Backend(Spins)
+''')
+
+
+@pytest.mark.parametrize("factory", ["blocks", "spins"])
+def test_pytest_exits_when_a_backend_hangs_for_good(pytester: pytest.Pytester, factory: str) -> None:
+    pytester.makepyfile(hanging=HANGING)
+    (pytester.path / "bad.toml").write_text(SPEC)
+    pytester.syspathinsert()
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--kvm-backend=hanging:{factory}", "--kvm-no-bundled-specs",
+        "--kvm-specs=bad.toml", "--kvm-point-timeout=0.5", "--kvm-profile=quick", timeout=120)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    text = result.stdout.str()
+    assert "hang" in text and "abandoned" in text, text
+    assert "Traceback" not in text and "INTERNALERROR" not in text, text
+
+
+# -- backend methods that raise or return the wrong type -------------------------------------
+
+def _raise(*args: Any, **kwargs: Any) -> Any:
+    raise OSError(5, "the device went away")
+
+
+@pytest.mark.parametrize("b, method, says", [
+    (type("B", (Backend,), {"new_machine": _raise})(), "new_machine()", "raised OSError"),
+    (type("B", (Backend,), {"new_machine": lambda self, config: None})(), "new_machine()", "returned NoneType"),
+    (backend(observe=_raise), "observe()", "raised OSError"),
+    (backend(observe=lambda self: [1, 2]), "observe()", "returned list"),
+    (backend(close=_raise), "close()", "raised OSError"),
+])
+def test_backend_methods_that_fail_are_one_paragraph_naming_backend_and_method(b: Any, method: str,
+                                                                                says: str) -> None:
+    with pytest.raises(BackendFault) as info:
+        run_schedule(_g(), b, schedule(), RunOptions("6.18"))
+    msg = str(info.value)
+    assert f"backend 'bad': {method} {says}" in msg, msg
+    assert "\n" not in msg and len(msg) < 600 and "has no value" not in msg, msg
+
+
+def test_a_failing_backend_method_ends_the_search_with_that_message() -> None:
+    with pytest.raises(BackendFault, match="backend 'bad': observe\\(\\) returned list"):
+        explore(_g(), backend(observe=lambda self: [1]), RunOptions("6.18"), base=QUICK)
+
+
+@pytest.mark.parametrize("attr, value, says", [
+    ("capabilities", "requests", "capabilities is str"),
+    ("archs", None, "archs is NoneType"),
+    ("doc_versions", "4.13", "doc_versions is str"),
+    ("name", 7, "name is int"),
+])
+def test_wrong_typed_declarations_are_refused_at_registration(attr: str, value: Any, says: str) -> None:
+    cls = type("B", (Backend,), {attr: value})
+    with pytest.raises(BackendError, match=f"backend 'x': {says}"):
+        resolve("x", {"x": cls})
+
+
+# -- leaks and flakiness ---------------------------------------------------------------
+
+def test_a_backend_leaking_fds_per_machine_is_reported() -> None:
+    opened: list[int] = []
+
+    def init(self: Any, config: Any) -> None:
+        Machine.__init__(self, config)
+        opened.append(os.open(os.devnull, os.O_RDONLY))
+
+    try:
+        with pytest.raises(BackendFault, match="backend 'bad' leaks per machine: .* more open file descriptors"):
+            explore(_g(), backend(__init__=init), RunOptions("6.18"), base=QUICK)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def test_a_backend_leaking_threads_per_machine_is_reported() -> None:
+    stop = threading.Event()
+
+    def init(self: Any, config: Any) -> None:
+        Machine.__init__(self, config)
+        threading.Thread(target=stop.wait, name="leaked-helper", daemon=True).start()
+
+    try:
+        with pytest.raises(BackendFault, match="leaks per machine: .* thread\\(s\\) still running \\(leaked-helper"):
+            explore(_g(), backend(__init__=init), RunOptions("6.18"), base=QUICK)
+    finally:
+        stop.set()
+
+
+def test_a_correct_backend_is_not_called_leaky() -> None:
+    explore(_g(), Backend(), RunOptions("6.18"), base=QUICK)
+
+
+def test_a_violation_that_does_not_reproduce_is_reported_with_its_timeline() -> None:
+    made = [0]
+
+    def kvm_make_request(self: Any, req: int, vcpu: int, state: Any = None) -> Any:
+        made[0] += 1
+        if made[0] != 1:  # only the very first machine loses the request
+            self.requests.add(req & KVM_REQUEST_MASK)
+        yield Point("set_bit(req, &vcpu->requests)")
+
+    with pytest.raises(ViolationFound) as info:
+        explore(_g(), backend(kvm_make_request=kvm_make_request), RunOptions("6.18"),
+                base=settings(max_examples=5, database=None))
+    exc = info.value
+    assert "did not reproduce" in exc.note
+    assert exc.outcome.timeline and exc.outcome.params and exc.outcome.violation.kind == "final"
+
+
+FLAKY = textwrap.dedent('''
+    from pytest_kvmconf import Point
+    from pytest_kvmconf.spec.versions import VersionRange
+
+    made = [0]
+
+    class Flaky:
+        execution = "generator"
+        def __init__(self, config):
+            self.requests = set()
+        def run_op(self, ctx, op, args):
+            return getattr(self, op)(**args)
+        def kvm_make_request(self, req, vcpu, state=None):
+            made[0] += 1
+            if made[0] != 1:  # only the very first machine loses the request
+                self.requests.add(req & 0xFF)
+            yield Point("set_bit(req, &vcpu->requests)")
+        def observe(self):
+            return {"vcpus": [{"requests": frozenset(self.requests)}]}
+        def close(self):
+            pass
+
+    class Backend:
+        name = "flaky"
+        description = "loses the first request it is given"
+        capabilities = frozenset({"requests"})
+        archs = frozenset({"x86_64"})
+        doc_versions = VersionRange("4.13")
+        def new_machine(self, config):
+            return Flaky(config)
+''')
+
+
+def test_a_flaky_violation_reads_like_any_violation_in_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(flaky=FLAKY)
+    (pytester.path / "bad.toml").write_text(SPEC)
+    pytester.syspathinsert()
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--kvm-backend=flaky:Backend", "--kvm-no-bundled-specs",
+        "--kvm-specs=bad.toml", "--kvm-profile=quick", timeout=120)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    text = result.stdout.str()
+    assert "This violation did not reproduce" in text and "--kvm-replay=BAD-01:" in text, text
+    assert "FlakyFailure" not in text and "Traceback" not in text, text
