@@ -332,5 +332,5 @@ def test_a_flaky_violation_reads_like_any_violation_in_pytest(pytester: pytest.P
         "--kvm-specs=bad.toml", "--kvm-profile=quick", timeout=120)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     text = result.stdout.str()
-    assert "This violation did not reproduce" in text and "--kvm-replay=BAD-01:" in text, text
+    assert "This violation did not reproduce" in text and "--kvm-replay=BAD-01@" in text, text
     assert "FlakyFailure" not in text and "Traceback" not in text, text
