@@ -56,8 +56,34 @@ def test_replay_of_a_module_backend_carries_its_environment(pytester: pytest.Pyt
     assert timeline in replayed.stdout
 
 
+#: The broken toy as a thread backend: free mode needs one (on a generator backend it is a usage error).
+THREAD_TOY = """
+from pytest_kvmconf.scheduling import point
+from toy_backend import BrokenToyBackend, ToyMachine
+
+
+class ThreadToyMachine(ToyMachine):
+    execution = "threads"
+
+    def run_op(self, ctx, op, args):
+        steps = super().run_op(ctx, op, args)
+        try:
+            while True:
+                point(next(steps).label)
+        except StopIteration as stop:
+            return stop.value
+
+
+class ThreadToyBackend(BrokenToyBackend):
+    def new_machine(self, config):
+        return ThreadToyMachine(config, self.broken)
+"""
+
+
 def test_replay_carries_spec_folders_and_schedule_mode(project: pytest.Pytester, tmp_path: Path) -> None:
-    result = project.runpytest_subprocess(*ARGS, "--kvm-backend=toy-broken", "-k", "TOY-02", "--kvm-schedule=free")
+    project.makepyfile(thread_toy=THREAD_TOY)
+    result = project.runpytest_subprocess(*ARGS, "--kvm-backend=thread_toy:ThreadToyBackend", "-k", "TOY-02",
+                                          "--kvm-schedule=free")
     command = replay_command(result.stdout.str())
     args = shlex.split(command.split("&&", 1)[1])
     assert f"--kvm-specs={project.path / 'specs'}" in args or "--kvm-specs=specs" in args

@@ -5,9 +5,9 @@ engine makes into it outside an operation is checked, and a generator backend's 
   :class:`~pytest_kvmconf.errors.BackendFault`, one paragraph naming the backend and the method
   (not a traceback through the engine, and never a condition error downstream).
 * :func:`check_state`: ``observe()`` must return a mapping.
-* :func:`watched`: a generator backend's schedule runs on a pooled worker that the engine
-  watches with the same wall-clock bound as thread backends (``point_timeout`` without
-  progress), so a backend blocking forever is reported as a hang, with its stack, and abandoned.
+* :func:`watched`: a generator backend's schedule is watched with the same wall-clock bound as
+  thread backends (``point_timeout`` without progress), so a backend blocking or looping forever
+  is reported as a hang, with its stack, and unwound (or, off the main thread, abandoned).
 * :class:`Census`: threads and fds around a guarantee's search; a backend that leaves some
   behind per machine is reported as a fault of the backend.
 """
@@ -15,8 +15,10 @@ engine makes into it outside an operation is checked, and a generator backend's 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -105,8 +107,17 @@ class Progress:
 
 
 def watched(run: Callable[[], None], progress: Progress, timeout: float, what: str) -> None:
-    """Run ``run`` on a pooled worker; raise BackendHang when it makes no progress for
-    ``timeout`` seconds (the worker is then abandoned: a daemon that takes no further job)."""
+    """Run ``run`` and raise BackendHang when it makes no progress for ``timeout`` seconds.
+
+    On the main thread (pytest's) it runs right here, watched by one watchdog thread that,
+    seeing no progress, interrupts it with a signal whose handler raises BackendHang: a blocking
+    wait or a loop in the backend is unwound, nothing is left behind, and the normal path pays
+    two attribute writes and two sigaction calls per run. Elsewhere (no signals there) it runs
+    on a pooled worker the engine waits for; a hung worker is abandoned (a daemon that takes no
+    further job)."""
+    if threading.current_thread() is threading.main_thread():
+        _WATCHDOG.run_here(run, progress, timeout, what)
+        return
     error: list[BaseException] = []
 
     def target() -> None:
@@ -134,6 +145,88 @@ def watched(run: Callable[[], None], progress: Progress, timeout: float, what: s
         seen = progress.count
     if error:
         raise error[0]
+
+
+#: The signal that interrupts a hung run on the main thread (the kvm backend kicks with SIGRTMIN+2).
+HANG_SIGNAL = signal.SIGRTMIN + 4
+
+
+class _Watchdog:
+    """One daemon thread per process watching the main thread's current generator run. It samples
+    every ``timeout`` seconds and never needs waking per run, so a run costs two attribute writes
+    and two sigaction calls; after a few idle samples it parks until the next run."""
+
+    IDLE_SAMPLES = 4
+
+    def __init__(self) -> None:
+        self.current: tuple[Progress, float, str] | None = None
+        self.runs = 0
+        self.report: str | None = None
+        self.parked = False
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def run_here(self, run: Callable[[], None], progress: Progress, timeout: float, what: str) -> None:
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._loop, name="kvmconf-watchdog", daemon=True)
+            self.thread.start()
+        previous = signal.signal(HANG_SIGNAL, self._interrupt)
+        self.report = None
+        self.runs += 1
+        self.current = (progress, timeout, what)
+        if self.parked:
+            self.wake.set()
+        try:
+            run()
+        finally:
+            self.current = None
+            signal.signal(HANG_SIGNAL, previous)
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        report, self.report = self.report, None
+        if report is not None and self.current is not None:
+            raise BackendHang(report)
+
+    def _loop(self) -> None:
+        main = threading.main_thread()
+        last: tuple[int, int] | None = None
+        idle = 0
+        while main.is_alive():
+            current = self.current
+            if current is None:
+                idle += 1
+                if idle > self.IDLE_SAMPLES:
+                    self.parked = True
+                    self.wake.clear()
+                    if self.current is None:
+                        self.wake.wait()
+                    self.parked = False
+                    idle = 0
+                else:
+                    time.sleep(1.0)
+                last = None
+                continue
+            idle = 0
+            progress, timeout, what = current
+            key = (self.runs, progress.count)
+            if key != last:
+                last = key
+                time.sleep(timeout)
+                continue
+            self._fire(main, progress, timeout, what)
+            last = None
+            time.sleep(timeout)
+
+    def _fire(self, main: threading.Thread, progress: Progress, timeout: float, what: str) -> None:
+        frame = sys._current_frames().get(main.ident or -1)
+        stack = traceback.format_list(traceback.extract_stack(frame)[-STACK_DEPTH:]) if frame else []
+        lines = "".join("      " + ln for s in stack for ln in s.rstrip().splitlines(True)).rstrip()
+        self.report = (f"{what}: the backend made no progress for {timeout:g} s or more (it blocks or loops "
+                       f"inside an operation), last at {progress.where!r}; interrupted\n    stack:\n{lines}")
+        signal.pthread_kill(main.ident or 0, HANG_SIGNAL)
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _fds() -> int:
