@@ -22,25 +22,9 @@ from pytest_kvmconf.facets.requests import KVM_REQUEST_MASK
 from pytest_kvmconf.registry import resolve
 from pytest_kvmconf.spec.loader import load_file
 from pytest_kvmconf.spec.versions import VersionRange
+from tests import toy
 
-SPEC = textwrap.dedent('''
-    [document]
-    file = "vcpu-requests.rst"
-    area = "requests"
-
-    [[guarantee]]
-    id = "BAD-01"
-    title = "A made request is pending"
-    section = "Overview"
-    quote = "Make request @req of VCPU @vcpu."
-    versions = { since = "4.13" }
-    params.req = { from = "arch_independent_requests" }
-    [[guarantee.thread]]
-    name = "requester"
-    steps = [{ op = "kvm_make_request", req = "req", vcpu = 0 }]
-    [[guarantee.check]]
-    final = "(req & KVM_REQUEST_MASK) in vcpus[0].requests"
-''')
+SPEC = toy.SPEC  # TOY-01: a made request is pending (the first guarantee of the toy spec)
 QUICK = settings(max_examples=10, database=None)
 
 
@@ -48,11 +32,11 @@ QUICK = settings(max_examples=10, database=None)
 def g(tmp_path_factory: pytest.TempPathFactory) -> Any:
     path = tmp_path_factory.mktemp("bad") / "bad.toml"
     path.write_text(SPEC)
-    return load_file(path)[0]
+    return next(g for g in load_file(path) if g.id == "TOY-01")
 
 
 def schedule() -> Schedule:
-    return Schedule("BAD-01", (("req", 768),), (), (0,))
+    return Schedule("TOY-01", (("req", 768),), (), (0,))
 
 
 class Machine:
@@ -129,7 +113,7 @@ def test_off_the_main_thread_a_blocking_generator_run_is_abandoned_on_a_worker()
         out = outcomes[0]
         assert out.violation is not None and out.violation.kind == "hang", out.violation
         assert "gate.wait()" in out.violation.message and "abandoned" in out.violation.message
-        assert any("BAD-01 generator run" in name for name in workers.abandoned())
+        assert any("TOY-01 generator run" in name for name in workers.abandoned())
     finally:
         gate.set()
     # Released, the abandoned worker ends instead of going back to the pool.
@@ -205,7 +189,8 @@ def test_pytest_exits_when_a_backend_hangs_for_good(pytester: pytest.Pytester, f
     pytester.syspathinsert()
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", f"--kvm-backend=hanging:{factory}", "--kvm-no-bundled-specs",
-        "--kvm-specs=bad.toml", "--kvm-point-timeout=0.5", "--kvm-profile=quick", timeout=120)
+        "--kvm-specs=bad.toml", "--kvm-point-timeout=0.5", "--kvm-profile=quick", "-k", "TOY-01",
+        timeout=120)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     text = result.stdout.str()
     assert "hang" in text and ("interrupted" if factory == "blocks" else "abandoned") in text, text
@@ -342,8 +327,8 @@ def test_a_flaky_violation_reads_like_any_violation_in_pytest(pytester: pytest.P
     pytester.syspathinsert()
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--kvm-backend=flaky:Backend", "--kvm-no-bundled-specs",
-        "--kvm-specs=bad.toml", "--kvm-profile=quick", timeout=120)
+        "--kvm-specs=bad.toml", "--kvm-profile=quick", "-k", "TOY-01", timeout=120)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     text = result.stdout.str()
-    assert "This violation did not reproduce" in text and "--kvm-replay=BAD-01@" in text, text
+    assert "This violation did not reproduce" in text and "--kvm-replay=TOY-01@" in text, text
     assert "FlakyFailure" not in text and "Traceback" not in text, text
