@@ -99,7 +99,7 @@ CASES: dict[str, tuple[str | bytes, str]] = {
     "per_vcpu_no": (HEAD + guarantee(thread='per_vcpu = "no"'), "key thread[0].per_vcpu"),
     "vcpu_true": (HEAD + guarantee(thread="vcpu = true"), "key thread[0].vcpu"),
     "since_after_until": (HEAD + guarantee().replace('{ since = "4.13" }', '{ since = "6.8", until = "5.19" }'),
-                          "earlier than since"),
+                          "until 5.19 is before since 6.8"),
     "id_newline": (HEAD + guarantee("HOS-01\\n"), "guarantee[0].id"),
     "id_arabic_digits": (HEAD + guarantee("HOS-\u0660\u0661"), "guarantee[0].id"),
     "id_long": (HEAD + guarantee("H" * 5000 + "-01"), "guarantee[0].id"),
