@@ -3,7 +3,8 @@
 The public surface, everything a backend author imports (CONTRIBUTING.md): the backend
 interface, the scheduling-point API, document versions, the request API's constants, the one
 exception root, and the helpers of the bundled models a broken variant builds on (``wait_on`` for
-thread backends, ``locking_op`` for overridden locking operations, ``EIO``). Everything else is
+thread backends, ``locking_op`` for overridden locking operations, ``EIO``, and ``Memory``/``SharedMap``
+for naming shared-memory accesses and barriers). Everything else is
 internal and may change.
 """
 
@@ -33,6 +34,8 @@ _LAZY = {
     "wait_on": "engine.threads",
     "locking_op": "backends.reference.locking",
     "EIO": "backends.reference.requests",
+    "Memory": "engine.memory",
+    "SharedMap": "engine.memory",
 }
 
 
@@ -56,7 +59,9 @@ __all__ = [
     "KvmconfError",
     "Machine",
     "MachineConfig",
+    "Memory",
     "Point",
+    "SharedMap",
     "ThreadContext",
     "VersionRange",
     "Wait",
