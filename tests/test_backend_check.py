@@ -98,3 +98,16 @@ def test_a_backend_missing_an_operation_is_a_usage_error(pytester: pytest.Pytest
     result.stderr.fnmatch_lines(["*backend 'empty' (Empty) declares capability 'kick' but has no operation "
                                  "kvm_vcpu_kick*"])
     assert "Traceback" not in result.stderr.str()
+
+
+def test_an_override_of_a_locking_operation_stays_one() -> None:
+    from pytest_kvmconf.backends.reference import ReferenceMachine
+
+    def routing(self, ctx):
+        yield from self._lock(ctx, "kvm->irq_lock")
+        yield from self._unlock(ctx, "kvm->irq_lock")
+
+    variant = type("Variant", (ReferenceMachine,), {"kvm_vm_ioctl_set_gsi_routing": routing, "helper": routing})
+    assert variant.kvm_vm_ioctl_set_gsi_routing.__locking_op__ and \
+        variant.kvm_vm_ioctl_set_gsi_routing.__wrapped__ is routing
+    assert variant.helper is routing  # not a locking operation: left alone

@@ -89,11 +89,24 @@ def locking_op(fn: Callable[..., Steps]) -> Callable[..., Steps]:
         self.lk_op[ctx.name] = fn.__name__
         return self._run_path(ctx, fn(self, ctx, **args))
 
+    op.__locking_op__ = True  # type: ignore[attr-defined]
     return op
 
 
 class LockingModel:
     """Facet mixin: locking."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # An override of a locking operation is a locking operation too: @locking_op is applied
+        # to it here, so a broken variant that forgets it still records its acquisitions under
+        # the operation's name (without it lockdep would see no operation at all).
+        super().__init_subclass__(**kwargs)
+        for name, value in list(vars(cls).items()):
+            if not callable(value) or getattr(value, "__locking_op__", False):
+                continue
+            inherited = next((vars(b)[name] for b in cls.__mro__[1:] if name in vars(b)), None)
+            if getattr(inherited, "__locking_op__", False):
+                setattr(cls, name, locking_op(value))
 
     # -- state and observation ------------------------------------------------
     def init_locking(self, config: MachineConfig) -> None:
