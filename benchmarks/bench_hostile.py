@@ -113,8 +113,9 @@ def bench_runs(label: str, backend, gs: list, n: int, variants: dict) -> None:
     drawn = {g.id: schedules(g, n) for g in gs}
     print(f"{label}: {sum(map(len, drawn.values()))} schedules over {len(gs)} guarantees")
     results = {}
-    for _round in range(2):  # interleaved rounds: load changes hit both variants alike
-        for name, (setup, undo) in variants.items():
+    for round_ in range(4):  # interleaved rounds in alternating order: load and warm-up hit all alike
+        order = list(variants.items())
+        for name, (setup, undo) in (order if round_ % 2 == 0 else order[::-1]):
             setup()
             try:
                 cpu, wall = timed(lambda: [run_schedule(g, backend, s, RunOptions(VERSION))
@@ -123,9 +124,10 @@ def bench_runs(label: str, backend, gs: list, n: int, variants: dict) -> None:
                 undo()
             c0, w0 = results.get(name, (0.0, 0.0))
             results[name] = (c0 + cpu, w0 + wall)
-    total = 2 * sum(map(len, drawn.values()))
+    total = 4 * sum(map(len, drawn.values()))
     first = None
-    for name, (cpu, wall) in results.items():
+    for name in variants:
+        cpu, wall = results[name]
         first = first or cpu
         print(f"  {name:<34} {cpu / total * 1e6:8.0f} us CPU per schedule ({wall / total * 1e6:.0f} wall)"
               f"   x{cpu / first:.2f}")
