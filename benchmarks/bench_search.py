@@ -27,6 +27,7 @@ import math
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -145,11 +146,15 @@ def main() -> None:
              if not wanted or any(w in f"{c.family}/{c.variant}/{c.gid}" for w in wanted)]
     jobs = [(c, searches, args.seeds, args.cap, not args.no_distinct) for c in cases]
     start_cpu, start = time.process_time(), time.perf_counter()
-    if args.jobs > 1:
-        with Pool(args.jobs) as pool:
-            rows = pool.map(measure, jobs, chunksize=1)
-    else:
-        rows = [measure(j) for j in jobs]
+    rows = []
+    # Each case's row is printed as it completes (a full run takes long on a loaded machine).
+    with Pool(args.jobs) if args.jobs > 1 else nullcontext() as pool:
+        for r in (pool.imap(measure, jobs) if pool else map(measure, jobs)):
+            rows.append(r)
+            print("done: " + " ".join(f"{s}: {shown(x['median'], args.cap)}/{shown(x['p90'], args.cap)}/"
+                                      f"{x['in_budget']:.0%}/{x['cpu'] * 1e3:.0f}ms"
+                                      for s, x in r["searches"].items()) + f"  {r['variant']}/{r['gid']}",
+                  file=sys.stderr, flush=True)
 
     print(f"{len(cases)} cases, {args.seeds} seeds, cap {args.cap}; per search: median / p90 schedules "
           f"to the first violation, share of seeds within {BUDGET}, hits per 100 schedules, "
