@@ -129,48 +129,23 @@ def shown(x: float, cap: int) -> str:
     return f">{cap}" if x > cap else f"{x:g}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=50)
-    ap.add_argument("--cap", type=int, default=1000, help="most schedules per hunt")
-    ap.add_argument("--searches", default=f"{DEFAULT_SEARCH},random,pct:3",
-                    help="comma-separated --kvm-search values; the first is judged against 'random'")
-    ap.add_argument("--variants", default="", help="comma-separated substrings of family/variant/gid")
-    ap.add_argument("--jobs", type=int, default=1, help="worker processes")
-    ap.add_argument("--no-distinct", action="store_true", help="skip the distinct-interleavings table")
-    ap.add_argument("--json", default="", help="also write the figures here")
-    args = ap.parse_args()
-    searches = list(dict.fromkeys(args.searches.split(",")))
-    wanted = [w for w in args.variants.split(",") if w]
-    cases = [c for c in broken_cases()
-             if not wanted or any(w in f"{c.family}/{c.variant}/{c.gid}" for w in wanted)]
-    jobs = [(c, searches, args.seeds, args.cap, not args.no_distinct) for c in cases]
-    start_cpu, start = time.process_time(), time.perf_counter()
-    rows = []
-    # Each case's row is printed as it completes (a full run takes long on a loaded machine).
-    with Pool(args.jobs) if args.jobs > 1 else nullcontext() as pool:
-        for r in (pool.imap(measure, jobs) if pool else map(measure, jobs)):
-            rows.append(r)
-            print("done: " + " ".join(f"{s}: {shown(x['median'], args.cap)}/{shown(x['p90'], args.cap)}/"
-                                      f"{x['in_budget']:.0%}/{x['cpu'] * 1e3:.0f}ms"
-                                      for s, x in r["searches"].items()) + f"  {r['variant']}/{r['gid']}",
-                  file=sys.stderr, flush=True)
-
-    print(f"{len(cases)} cases, {args.seeds} seeds, cap {args.cap}; per search: median / p90 schedules "
-          f"to the first violation, share of seeds within {BUDGET}, hits per 100 schedules, "
-          "median CPU ms (wall ms)")
-    head = f"{'variant':<34}{'spec':<9}" + "".join(f"{s:^40}" for s in searches)
-    print(head)
+def print_tables(rows: list[dict], searches: list[str], distinct: bool) -> None:
+    caps = {s: max(r["searches"][s].get("cap", 0) for r in rows) for s in searches}
+    print(f"{len(rows)} cases, seeds and cap per search: "
+          + ", ".join(f"{s} {rows[0]['searches'][s].get('seeds', '?')} seeds cap {caps[s]}" for s in searches))
+    print(f"per search: median / p90 schedules to the first violation, share of seeds within {BUDGET}, "
+          "hits per 100 schedules, median CPU ms (wall ms)")
+    print(f"{'variant':<34}{'spec':<9}" + "".join(f"{s:^40}" for s in searches))
     for r in rows:
         cells = []
         for s in searches:
-            x = r["searches"][s]
-            cells.append(f"{shown(x['median'], args.cap):>6} /{shown(x['p90'], args.cap):>5} "
+            x, cap = r["searches"][s], caps[s]
+            cells.append(f"{shown(x['median'], cap):>6} /{shown(x['p90'], cap):>5} "
                          f"{x['in_budget']:>5.0%} {100 * x['rate']:>5.1f} {x['cpu'] * 1e3:>6.0f} "
                          f"({x['wall'] * 1e3:>5.0f})  ")
         print(f"{r['variant'][:33]:<34}{r['gid']:<9}" + "".join(cells))
 
-    if not args.no_distinct:
+    if distinct:
         print(f"\ndistinct interleavings per 100 schedules on the correct backend (mean of {DISTINCT_SEEDS} seeds)")
         print(f"{'spec':<9}{'family':<13}" + "".join(f"{s:>12}" for s in searches))
         done = set()
@@ -184,10 +159,13 @@ def main() -> None:
     print()
     for s in searches:
         worst = min(r["searches"][s]["in_budget"] for r in rows)
+        missed = sum(r["searches"][s]["in_budget"] < 0.99 for r in rows)
         meds = [r["searches"][s]["median"] for r in rows]
         cpus = [r["searches"][s]["cpu"] for r in rows]
-        print(f"{s:<12} worst share within {BUDGET}: {worst:.0%}; sum of medians {sum(meds):g}; "
-              f"sum of median CPU {sum(cpus):.2f} s")
+        dist = [r["searches"][s]["distinct"] for r in rows if r["searches"][s].get("distinct") is not None]
+        print(f"{s:<12} worst share within {BUDGET}: {worst:.0%} ({missed} cases under 99%); sum of medians "
+              f"{sum(meds):g}; sum of median CPU {sum(cpus):.2f} s"
+              + (f"; mean distinct per 100: {statistics.mean(dist):.1f}" if dist else ""))
     if "random" in searches and searches[0] != "random":
         first = searches[0]
         slower = [f"{r['variant']}/{r['gid']} ({r['searches'][first]['median']:g} vs "
@@ -204,10 +182,71 @@ def main() -> None:
               f"{', '.join(lower) or '-'}")
         print(f"{first}: CPU above 2 x random's (and above {CPU_FLOOR * 1e3:.0f} ms) on {len(costly)} of "
               f"{len(rows)}: {', '.join(costly) or '-'}")
+
+
+def merged(files: list[str]) -> tuple[list[dict], list[str]]:
+    """The rows of several --json files, their searches side by side (first file's order)."""
+    rows: dict[tuple, dict] = {}
+    searches: list[str] = []
+    for f in files:
+        doc = json.loads(Path(f).read_text())
+        for r in doc["rows"]:
+            key = (r["family"], r["variant"], r["gid"])
+            row = rows.setdefault(key, {**r, "searches": {}})
+            for s, x in r["searches"].items():
+                x.setdefault("cap", doc["args"]["cap"])
+                x.setdefault("seeds", doc["args"]["seeds"])
+                row["searches"][s] = x
+                if s not in searches:
+                    searches.append(s)
+    complete = [r for r in rows.values() if all(s in r["searches"] for s in searches)]
+    return complete, searches
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=50)
+    ap.add_argument("--cap", type=int, default=1000, help="most schedules per hunt")
+    ap.add_argument("--searches", default=f"{DEFAULT_SEARCH},random,pct:3",
+                    help="comma-separated --kvm-search values; the first is judged against 'random'")
+    ap.add_argument("--variants", default="", help="comma-separated substrings of family/variant/gid")
+    ap.add_argument("--shard", default="", metavar="K/N", help="only every N-th case, from the K-th (0-based)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes")
+    ap.add_argument("--no-distinct", action="store_true", help="skip the distinct-interleavings table")
+    ap.add_argument("--json", default="", help="also write the figures here")
+    ap.add_argument("--from-json", default="", metavar="FILES",
+                    help="run nothing: print the tables of these comma-separated --json files side by side")
+    args = ap.parse_args()
+    if args.from_json:
+        rows, searches = merged(args.from_json.split(","))
+        print_tables(rows, searches, all(x.get("distinct") is not None
+                                         for r in rows for x in r["searches"].values()))
+        return
+    searches = list(dict.fromkeys(args.searches.split(",")))
+    wanted = [w for w in args.variants.split(",") if w]
+    cases = [c for c in broken_cases()
+             if not wanted or any(w in f"{c.family}/{c.variant}/{c.gid}" for w in wanted)]
+    if args.shard:
+        k, n = (int(x) for x in args.shard.split("/"))
+        cases = cases[k::n]
+    jobs = [(c, searches, args.seeds, args.cap, not args.no_distinct) for c in cases]
+    start_cpu, start = time.process_time(), time.perf_counter()
+    rows = []
+    # Each case's row is printed as it completes (a full run takes long on a loaded machine).
+    with Pool(args.jobs) if args.jobs > 1 else nullcontext() as pool:
+        for r in (pool.imap(measure, jobs) if pool else map(measure, jobs)):
+            for x in r["searches"].values():
+                x.update(cap=args.cap, seeds=args.seeds)
+            rows.append(r)
+            print("done: " + " ".join(f"{s}: {shown(x['median'], args.cap)}/{shown(x['p90'], args.cap)}/"
+                                      f"{x['in_budget']:.0%}/{x['cpu'] * 1e3:.0f}ms"
+                                      for s, x in r["searches"].items()) + f"  {r['variant']}/{r['gid']}",
+                  file=sys.stderr, flush=True)
+            if args.json:  # kept up to date, so a long run's figures survive an interruption
+                Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    print_tables(rows, searches, not args.no_distinct)
     print(f"\nbenchmark took {time.perf_counter() - start:.0f} s wall, {time.process_time() - start_cpu:.0f} s "
           "CPU in this process")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
