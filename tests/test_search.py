@@ -80,6 +80,14 @@ def test_the_same_seed_explores_the_same_schedules(search: str) -> None:
     assert one.outcome.schedule == two.outcome.schedule
 
 
+@pytest.fixture
+def unseeded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seeded run (--hypothesis-seed of an in-process pytester run sets it) skips the database."""
+    import hypothesis.core
+    monkeypatch.setattr(hypothesis.core, "global_force_seed", None)
+
+
+@pytest.mark.usefixtures("unseeded")
 def test_a_found_failure_is_saved_and_replayed_first() -> None:
     g, b = guarantees()["REQ-15"], backend("CheckBeforeMode")
     db = InMemoryExampleDatabase()
@@ -100,6 +108,7 @@ def test_a_found_failure_is_saved_and_replayed_first() -> None:
     assert not any(db.data.values())
 
 
+@pytest.mark.usefixtures("unseeded")
 def test_damaged_database_entries_are_dropped() -> None:
     g = guarantees()["REQ-15"]
     db = InMemoryExampleDatabase()

@@ -30,9 +30,13 @@ from .records import Outcome
 from .runner import RunOptions, run_schedule
 from .schedule import Recording, Schedule
 from .search import DEFAULT_SEARCH, Search, parse_search
-from .shrink import shrink
+from .shrink import same_failure, shrink
 from .statistics import SearchStatistics
 
+NOT_REPRODUCED = (
+    "This violation did not reproduce: the same schedule ran again and passed (the backend's "
+    "behaviour depends on something outside the schedule, e.g. OS timing or state kept between "
+    "machines). The replay command may therefore pass.")
 #: Free mode runs each example's threads this many times: races the points do not model need
 #: repetition to show.
 FREE_ITERATIONS = 3
@@ -113,7 +117,11 @@ def _own_search(g: Guarantee, backend: Backend, options: RunOptions, s: settings
         figures.failure()
         v = outcome.violation
         # A free run does not replay, and every replay of a hang waits the point timeout.
-        if Phase.shrink in s.phases and replays and not options.free and v is not None and v.kind != "hang":
+        exact = replays and not options.free and v is not None and v.kind != "hang"
+        if exact and not same_failure(counted(outcome.schedule).violation, v):  # type: ignore[arg-type]
+            figures.publish("a schedule broke the guarantee once")
+            return ViolationFound(outcome, note=NOT_REPRODUCED)
+        if Phase.shrink in s.phases and exact:
             figures.phase("shrink")
             outcome = shrink(g, backend, options, outcome, on_run=ran, run=counted)
         if db is not None and not options.free:
@@ -277,10 +285,7 @@ def _not_reproduced(exc: FlakyFailure) -> BaseException:
     if not found:
         return exc
     v = found[0]
-    return ViolationFound(v.outcome, note=(
-        "This violation did not reproduce: hypothesis ran the same schedule again and it passed (the "
-        "backend's behaviour depends on something outside the schedule, e.g. OS timing or state kept "
-        "between machines). The replay command may therefore pass."))
+    return ViolationFound(v.outcome, note=NOT_REPRODUCED)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
