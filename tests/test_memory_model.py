@@ -37,10 +37,6 @@ def test_reference_holds_under_weak_memory(gid: str, model: str) -> None:
         pytest.skip(f"{gid} is not a reference-model guarantee")
     if model not in g.memory_models:
         pytest.skip(f"{gid}'s document assumes {', '.join(g.memory_models)}")
-    if (gid, model) == ("REQ-13", "lkmm"):
-        pytest.xfail("the mixed search (the default since issue 15) finds a REQ-13 violation of the "
-                     "reference model under lkmm within 50 schedules, which hypothesis' search did not "
-                     "reach: a finding for the weak-memory model to judge (model or spec)")
     found = verdict(gid, ReferenceBackend(), doc_version_for(gid), max_examples=50, memory_model=model)
     assert found is None, str(found)
 
