@@ -14,7 +14,7 @@ from .conformance import why_not
 from .engine.explore import CouldNotDecide, NothingReached, ViolationFound, explore, replay
 from .engine.runner import RunOptions
 from .errors import BackendFault, EvalError, ExprError, Finding, KvmconfError, ReplayError
-from .profiles import base_settings
+from .profiles import base_settings, search
 from .progress import Progress
 from .report import violation_record, violation_report
 from .session import RunState, state_of
@@ -95,6 +95,7 @@ class GuaranteeItem(pytest.Item):
             with collector.with_value(note_statistics), with_reporter(report):
                 self.stats = explore(g, backend, options, base=base,
                                      seed=self.config.getoption("hypothesis_seed", None),
+                                     search=search(self.config),
                                      progress=progress if progress.enabled else None)
         except (ViolationFound, NothingReached) as exc:
             self.stats = exc.stats

@@ -226,6 +226,7 @@ def pytest_configure(config: pytest.Config) -> None:
             config.issue_config_time_warning(
                 pytest.PytestWarning(f"spec folder: {unusable} is left out: {why}"), stacklevel=2)
     profiles.profile_name(config)  # a wrong kvm_profile ini value fails here, not per item
+    profiles.search(config)  # and so does an unknown --kvm-search
     expectations.configure(config, state.backend() if paths else None)
     conformance.configure(config)
     from .facets import all_capabilities

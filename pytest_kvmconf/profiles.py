@@ -1,4 +1,4 @@
-"""Search budgets: how many schedules hypothesis explores per guarantee.
+"""Search budgets and searches: how many schedules are explored per guarantee, and how.
 
 Two hypothesis profiles are registered on import, so they also work with
 hypothesis' own ``--hypothesis-profile``:
@@ -11,12 +11,17 @@ hypothesis' own ``--hypothesis-profile``:
 chooses one for the guarantees only; ``default`` passes nothing, so the
 guarantees get whatever hypothesis is configured with (its default budget of
 100 examples unless ``--hypothesis-profile`` says otherwise).
+
+``--kvm-search=NAME`` (or ``kvm_search`` in the ini file) chooses how schedules are
+chosen (engine/search.py): ``mixed`` (the default), ``random``, ``pct:D`` or ``hypothesis``.
 """
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import settings
+
+from .engine.search import DEFAULT_SEARCH, SEARCHES, Search, parse_search
 
 QUICK = "kvmconf-quick"
 THOROUGH = "kvmconf-thorough"
@@ -36,6 +41,10 @@ def add_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
                          "settings, 100 unless --hypothesis-profile says otherwise) or thorough (2000). "
                          "Ini: kvm_profile")
     parser.addini("kvm_profile", "search budget per guarantee: quick, default or thorough", default="default")
+    group.addoption("--kvm-search", dest="kvm_search", default=None, metavar="NAME",
+                    help=f"how schedules are searched: {', '.join(SEARCHES)} (pct:D for depth D); "
+                         f"default {DEFAULT_SEARCH}. Ini: kvm_search")
+    parser.addini("kvm_search", f"how schedules are searched: {', '.join(SEARCHES)}", default=DEFAULT_SEARCH)
 
 
 def profile_name(config: pytest.Config) -> str:
@@ -66,3 +75,13 @@ def describe(config: pytest.Config) -> str:
     if name == "default":
         return f"default (hypothesis profile {current.get_current_profile_name()!r}, {examples} examples)"
     return f"{name} ({examples} examples)"
+
+
+def search(config: pytest.Config) -> Search:
+    """The chosen search; an unknown one is a usage error that lists the known searches."""
+    text = config.getoption("kvm_search", None) or config.getini("kvm_search") or DEFAULT_SEARCH
+    try:
+        return parse_search(text)
+    except ValueError as exc:
+        where = "--kvm-search" if config.getoption("kvm_search", None) else "kvm_search in the ini file"
+        raise pytest.UsageError(f"{where}: {exc}") from None

@@ -1,10 +1,17 @@
-"""spec -> hypothesis strategy of :class:`~pytest_kvmconf.engine.schedule.Schedule`.
+"""spec -> :class:`~pytest_kvmconf.engine.schedule.Schedule`: the values a schedule's
+parameters and generated steps may take, drawn uniformly (:func:`draw_schedule`,
+for the engine's own searches) or as a hypothesis strategy (:func:`schedule_strategy`,
+for ``--kvm-search=hypothesis``).
 
-Everything is drawn up front, as one value composed from the spec's data, so a
-schedule is plain data that shrinks well and replays without hypothesis.
+Everything but the interleaving is drawn up front, so a schedule is plain data
+that shrinks well and replays without hypothesis.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from random import Random
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -19,6 +26,73 @@ MAX_PREEMPTIONS = 3
 MAX_RUN = 12
 #: Largest thread choice: large enough to reach any other thread of a spec.
 MAX_THREAD = 7
+
+
+def param_values(p: Param, doc_version: str) -> Sequence[Any]:
+    """Every value ``p`` may take, simplest first (what a shrinker moves towards)."""
+    if p.kind == "range":
+        return range(p.low, p.high + 1)
+    if p.kind == "bool":
+        return (False, True)
+    if p.kind == "set":
+        return facets.all_named_sets()[p.set_name](doc_version)
+    return p.values
+
+
+#: Larger domains (a wide integer range) are drawn independently: a deck would hold them all.
+DECK_LIMIT = 1024
+
+
+class Drawer:
+    """Draws the parameters and generated steps of a search's schedules, uniformly.
+
+    ``decks``: each parameter's values (and the kind of step at each position of a sequence)
+    are dealt from a shuffled deck, refilled when empty, instead of drawn independently: every
+    value of an n-valued parameter comes up once in n schedules, so a bug needing one value is
+    not left to chance in the tail. ``long``: the share of schedules whose sequences have their
+    longest length (more steps, more patterns for a bug to need; the shrinker removes the
+    extra ones).
+    """
+
+    def __init__(self, g: Guarantee, doc_version: str, rng: Random, decks: bool = False,
+                 long: float = 0.0):
+        self.g, self.doc_version, self.rng = g, doc_version, rng
+        self.decks: dict[Any, list[int]] | None = {} if decks else None
+        self.long = long
+
+    def _index(self, key: Any, n: int) -> int:
+        if self.decks is None or not 1 < n <= DECK_LIMIT:
+            return self.rng.randrange(n)
+        deck = self.decks.get(key)
+        if not deck:
+            deck = self.decks[key] = list(range(n))
+            self.rng.shuffle(deck)
+        return deck.pop()
+
+    def params(self, params: tuple[Param, ...], where: Any) -> tuple[tuple[str, Any], ...]:
+        out = []
+        for p in params:
+            values = param_values(p, self.doc_version)
+            out.append((p.name, values[self._index((where, p.name), len(values))]))
+        return tuple(out)
+
+    def schedule(self) -> Schedule:
+        """A schedule with an empty tape: the search's scheduler makes the picks."""
+        rng, seqs = self.rng, []
+        for t in self.g.threads:
+            if t.sequence is None:
+                continue
+            seq = t.sequence
+            kinds = len(seq.choice_params)
+            length = seq.max_length if rng.random() < self.long else rng.randint(seq.min_length, seq.max_length)
+            steps = []
+            for at in range(length):
+                # One deck per position: a deck shared by a schedule's steps would deal them
+                # without replacement, and a bug needing the same step twice would be rare.
+                i = self._index((t.name, at), kinds)
+                steps.append((i, self.params(seq.choice_params[i], (t.name, at, i))))
+            seqs.append((t.name, tuple(steps)))
+        return Schedule(self.g.id, self.params(self.g.params, None), tuple(seqs), ())
 
 
 def param_strategy(p: Param, doc_version: str) -> st.SearchStrategy:

@@ -8,6 +8,8 @@ that the correct backends pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from hypothesis import Phase, settings
 from pytest_kvmconf.backend import Backend, skip_reason
 from pytest_kvmconf.engine.explore import CouldNotDecide, NothingReached, Stats, ViolationFound, explore
 from pytest_kvmconf.engine.runner import RunOptions
+from pytest_kvmconf.engine.search import DEFAULT_SEARCH
 from pytest_kvmconf.spec.loader import load_files, spec_files
 from pytest_kvmconf.spec.model import Guarantee
 from pytest_kvmconf.spec.versions import NEWEST
@@ -44,7 +47,7 @@ def applicable(g: Guarantee, backend: Backend, doc_version: str = NEWEST) -> boo
 
 
 def verdict(gid: str, backend: Backend, doc_version: str = NEWEST, seed: int = 0,
-            max_examples: int = BUDGET, shrink: bool = False,
+            max_examples: int = BUDGET, shrink: bool = False, search: str = DEFAULT_SEARCH,
             **run_options) -> ViolationFound | NothingReached | CouldNotDecide | None:
     g = guarantees()[gid]
     # Being caught is the usual question, not the minimal example: shrinking only when a test
@@ -52,7 +55,7 @@ def verdict(gid: str, backend: Backend, doc_version: str = NEWEST, seed: int = 0
     phases = [Phase.explicit, Phase.generate, *([Phase.shrink] if shrink else [])]
     base = settings(max_examples=max_examples, database=None, deadline=None, phases=phases)
     try:
-        explore(g, backend, RunOptions(doc_version, **run_options), base, seed=seed)
+        explore(g, backend, RunOptions(doc_version, **run_options), base, seed=seed, search=search)
     except (ViolationFound, NothingReached, CouldNotDecide) as exc:
         return exc
     return None
@@ -63,3 +66,46 @@ def stats(gid: str, backend: Backend, doc_version: str = NEWEST, seed: int = 0,
     g = guarantees()[gid]
     return explore(g, backend, RunOptions(doc_version),
                    settings(max_examples=max_examples, database=None, deadline=None), seed=seed)
+
+
+@dataclass(frozen=True)
+class BrokenCase:
+    """One broken variant of tests/broken and one guarantee that must catch it (controlled)."""
+
+    family: str
+    variant: str
+    gid: str
+    doc_version: str
+    backend: Callable[[], Backend]
+
+
+def broken_cases() -> list[BrokenCase]:
+    """Every (broken variant, guarantee, document text) the bite tests check under the
+    engine's control, reference and threaded, for benchmarks/bench_search.py."""
+    from .broken import attr, locking, mp, requests, spte, threaded, threaded_mp
+
+    def req_text(gid: str) -> str:
+        return "4.13" if gid.startswith("REQ-26") else NEWEST
+
+    out = []
+    for name, (_, gids, _) in requests.VARIANTS.items():
+        out += [BrokenCase("requests", name, gid, req_text(gid), lambda n=name: requests.backend(n))
+                for gid in gids]
+    for name, (_, gids, version, _) in locking.VARIANTS.items():
+        for gid in gids:
+            g = guarantees()[gid]
+            text = version if g.versions.contains(version) else \
+                next(v for v in ("6.8", "6.12", "6.18") if g.versions.contains(v))
+            out.append(BrokenCase("locking", name, gid, text, lambda n=name: locking.backend(n)))
+    for family, module in (("attr", attr), ("spte", spte)):
+        out += [BrokenCase(family, m.__name__, gid, NEWEST, lambda m=m, b=module.backend: b(m))
+                for m, gid in module.BROKEN.items()]
+    out += [BrokenCase("mp", m.__name__, gid, text, lambda m=m: mp.backend(m))
+            for m, (gid, text) in mp.BROKEN.items()]
+    for name, (_, gids, _) in threaded.VARIANTS.items():
+        out += [BrokenCase("threaded", name, gid, req_text(gid), lambda n=name: threaded.backend(n))
+                for gid in gids]
+    for name, (_, by, _) in threaded_mp.VARIANTS.items():
+        out += [BrokenCase("threaded_mp", name, gid, text, lambda n=name: threaded_mp.backend(n))
+                for gid, text in by]
+    return out

@@ -133,7 +133,7 @@ def test_broken_variant_is_caught_free(name: str, gid: str) -> None:
 
 
 def test_controlled_failures_replay_exactly_and_shrink() -> None:
-    found = verdict("REQ-15", backend("NoFinalPendingCheck"), "6.18")
+    found = verdict("REQ-15", backend("NoFinalPendingCheck"), "6.18", shrink=True)
     assert isinstance(found, ViolationFound)
     first = found.outcome
     assert len(first.schedule.tape) <= 5  # shrunk to a couple of preemptions

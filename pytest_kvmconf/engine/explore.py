@@ -1,12 +1,22 @@
-"""Hunt for a violation of one guarantee with hypothesis, or replay one schedule."""
+"""Hunt for a violation of one guarantee with a search (engine/search.py), or replay one schedule.
+
+Every search honours hypothesis' settings: ``max_examples`` is the budget, ``phases`` say
+whether saved failures are replayed first (reuse), schedules are searched (generate) and a
+hit is shrunk (shrink), ``database`` keeps the shrunk failures between runs, and a seed
+(``seed=``, ``--hypothesis-seed``, ``derandomize``) makes the run repeatable.
+"""
 
 from __future__ import annotations
 
+import random
 import time
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import core as hypothesis_core
 from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import FlakyFailure
 
@@ -18,8 +28,15 @@ from . import guard, replay_guard
 from .coverage import Coverage
 from .records import Outcome
 from .runner import RunOptions, run_schedule
-from .schedule import Schedule
+from .schedule import Recording, Schedule
+from .search import DEFAULT_SEARCH, Search, parse_search
+from .shrink import same_failure, shrink
+from .statistics import SearchStatistics
 
+NOT_REPRODUCED = (
+    "This violation did not reproduce: the same schedule ran again and passed (the backend's "
+    "behaviour depends on something outside the schedule, e.g. OS timing or state kept between "
+    "machines). The replay command may therefore pass.")
 #: Free mode runs each example's threads this many times: races the points do not model need
 #: repetition to show.
 FREE_ITERATIONS = 3
@@ -39,6 +56,8 @@ class Stats:
     #: examples a live backend could not decide (they count neither way)
     undecided: int = 0
     undecided_why: str | None = None
+    #: the --kvm-search that ran
+    search: str = ""
 
     def too_undecided(self, minimum: int = 1) -> bool:
         return self.undecided >= minimum and self.undecided * 2 > self.examples
@@ -46,11 +65,139 @@ class Stats:
 
 def explore(g: Guarantee, backend: Backend, options: RunOptions,
             base: settings | None = None, seed: int | None = None,
+            search: str | Search = DEFAULT_SEARCH,
             progress: Callable[[Stats], None] | None = None) -> Stats:
-    """Run hypothesis over schedules of ``g``; raise ViolationFound or NothingReached.
+    """Search schedules of ``g``; raise ViolationFound, NothingReached or CouldNotDecide.
 
     ``progress`` is called after every example (the terminal shows long runs with it)."""
-    stats = Stats()
+    chosen = parse_search(search) if isinstance(search, str) else replace(search)
+    if chosen.own:
+        return _own_search(g, backend, options, settings(base or settings()), seed, chosen, progress)
+    return _hypothesis_search(g, backend, options, base, seed, progress)
+
+
+def _finish(g: Guarantee, stats: Stats, last: Outcome | None) -> None:
+    if g.has_exists:
+        wanted = {i for i, c in enumerate(g.checks) if c.kind == "exists"}
+        if not wanted <= stats.reached:
+            raise NothingReached(g, stats.examples, last)
+
+
+def _seed(seed: int | None, s: settings, key: bytes) -> int | None:
+    """The run's seed: given, forced by ``--hypothesis-seed``, fixed by ``derandomize``, or
+    None (a fresh one each run)."""
+    if seed is not None:
+        return seed
+    forced = getattr(hypothesis_core, "global_force_seed", None)
+    if forced is not None:
+        return int(forced) if isinstance(forced, int) else zlib.crc32(str(forced).encode())
+    return zlib.crc32(key) if s.derandomize else None
+
+
+def _own_search(g: Guarantee, backend: Backend, options: RunOptions, s: settings,
+                seed: int | None, search: Search, progress: Callable[[Stats], None] | None) -> Stats:
+    stats = Stats(search=str(search))
+    figures = SearchStatistics(s)
+    key = f"pytest-kvmconf:{g.id}@{backend.name}".encode()
+    run_seed = _seed(seed, s, key)
+    rng = random.Random(run_seed if run_seed is not None else random.getrandbits(64))
+    # Like hypothesis: a seeded run neither reads nor writes the database.
+    db = s.database if run_seed is None else None
+    runs = FREE_ITERATIONS if options.free else 1
+    last: Outcome | None = None
+    # A live backend (``replays = False``) does not replay a schedule exactly: no shrinking.
+    replays = getattr(backend, "replays", True)
+    machines = [0]
+
+    def ran(schedule: Schedule, failed: bool, seconds: float, kept: bool = False) -> None:
+        stats.examples += 1
+        figures.case(schedule, failed, seconds, kept)
+
+    def failed(outcome: Outcome) -> ViolationFound:
+        figures.failure()
+        v = outcome.violation
+        # A free run does not replay, and every replay of a hang waits the point timeout.
+        exact = replays and not options.free and v is not None and v.kind != "hang"
+        if exact and not same_failure(counted(outcome.schedule).violation, v):  # type: ignore[arg-type]
+            figures.publish("a schedule broke the guarantee once")
+            return ViolationFound(outcome, note=NOT_REPRODUCED)
+        if Phase.shrink in s.phases and exact:
+            figures.phase("shrink")
+            outcome = shrink(g, backend, options, outcome, on_run=ran, run=counted)
+        if db is not None and not options.free:
+            db.save(key, outcome.schedule.encode().encode())
+        figures.publish("a schedule broke the guarantee")
+        return ViolationFound(outcome)
+
+    def counted(schedule: Schedule, chooser: Any = None) -> Outcome:
+        machines[0] += 1
+        return stats.coverage.run(stats.examples + 1,
+                                  lambda: run_schedule(g, backend, schedule, options, chooser))
+
+    def timed(schedule: Schedule, chooser: Any = None) -> tuple[Outcome, float]:
+        start = time.perf_counter()
+        outcome = counted(schedule, chooser)
+        return outcome, time.perf_counter() - start
+
+    start = time.perf_counter()
+    census = guard.Census()
+    try:
+        if db is not None and Phase.reuse in s.phases:
+            figures.phase("reuse")
+            for blob in list(db.fetch(key)):
+                try:
+                    saved = Schedule.decode(blob.decode())
+                except (ValueError, UnicodeDecodeError):
+                    saved = None
+                if saved is None or saved.guarantee != g.id:
+                    db.delete(key, blob)
+                    continue
+                outcome, seconds = timed(saved)
+                ran(saved, outcome.violation is not None, seconds)
+                if outcome.violation is not None:
+                    raise failed(outcome)
+                db.delete(key, blob)  # fixed since: forget it, as hypothesis does
+        if Phase.generate in s.phases:
+            figures.phase("generate")
+            drawer = search.drawer(g, options.doc_version, rng)
+            for index in range(s.max_examples):
+                if stats.too_undecided(UNDECIDED_STOP):
+                    break
+                schedule = drawer.schedule()
+                for _ in range(runs):
+                    picker = search.picker(rng, index)
+                    rec = Recording(picker)
+                    outcome, seconds = timed(schedule, rec)
+                    search.observed(picker)
+                    outcome.schedule = replace(schedule, tape=rec.writer.tape())
+                    ran(outcome.schedule, outcome.violation is not None, seconds)
+                    if outcome.undecided:  # a live backend's evidence did not come in time
+                        stats.undecided += 1
+                        stats.undecided_why = stats.undecided_why or outcome.undecided
+                        break
+                    if outcome.violation is not None:
+                        raise failed(outcome)
+                    stats.reached |= outcome.reached
+                last = outcome
+                if progress is not None:
+                    progress(stats)
+        figures.publish(f"settings.max_examples={s.max_examples}" if Phase.generate in s.phases
+                        else "nothing left to do")
+        if stats.too_undecided():
+            raise CouldNotDecide(g, stats)
+        _finish(g, stats, last)
+        census.check(backend, machines[0])
+    except (ViolationFound, NothingReached, CouldNotDecide) as exc:
+        exc.stats = stats
+        raise
+    finally:
+        stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _hypothesis_search(g: Guarantee, backend: Backend, options: RunOptions, base: settings | None,
+                       seed: int | None, progress: Callable[[Stats], None] | None) -> Stats:
+    stats = Stats(search="hypothesis")
     last: list[Outcome] = []
 
     # Some failures must not go through hypothesis' replay-and-shrink: a free (preemptive) run
@@ -138,10 +285,7 @@ def _not_reproduced(exc: FlakyFailure) -> BaseException:
     if not found:
         return exc
     v = found[0]
-    return ViolationFound(v.outcome, note=(
-        "This violation did not reproduce: hypothesis ran the same schedule again and it passed (the "
-        "backend's behaviour depends on something outside the schedule, e.g. OS timing or state kept "
-        "between machines). The replay command may therefore pass."))
+    return ViolationFound(v.outcome, note=NOT_REPRODUCED)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -51,7 +51,10 @@ class RunOptions:
         self.memory_model = memory_model
 
 
-def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: RunOptions) -> Outcome:
+def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: RunOptions,
+                 chooser: Any = None) -> Outcome:
+    """``chooser`` (anything with ``pick(runnable, current)``) makes the picks instead of the
+    schedule's tape: a search's own scheduler, wrapped in a Recording to get the tape back."""
     params = dict(schedule.params)
     constants = facets.all_constants()
     env: dict[str, Any] = {**constants, **params}
@@ -88,10 +91,10 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
 
             handles = thread_handles(machine, plans, fmt.call, fmt.result, options,
                                      capture_before=capture, schedule=schedule)
-            _Scheduler(g, backend, machine, handles, schedule, outcome, env, bindings, judged).run()
+            _Scheduler(g, backend, machine, handles, schedule, outcome, env, bindings, judged, chooser).run()
         else:
             handles = [GeneratorHandle(machine, p, fmt.call, fmt.result, capture) for p in plans]
-            sched = _Scheduler(g, backend, machine, handles, schedule, outcome, env, bindings, judged)
+            sched = _Scheduler(g, backend, machine, handles, schedule, outcome, env, bindings, judged, chooser)
             try:
                 guard.watched(sched.run, sched.progress, options.point_timeout, f"{g.id} generator run")
             except BackendHang as exc:  # the worker is abandoned: report from a copy it cannot touch
@@ -177,11 +180,13 @@ def _spec_value(g: Guarantee, key: str, expr: Expr, env: Mapping[str, Any]) -> A
 
 class _Scheduler:
     def __init__(self, g: Guarantee, backend: Any, machine: Any, handles: list[Handle], schedule: Schedule,
-                 outcome: Outcome, env: dict[str, Any], bindings: dict[str, Any], judged: list[Check]):
+                 outcome: Outcome, env: dict[str, Any], bindings: dict[str, Any], judged: list[Check],
+                 chooser: Any = None):
         self.g, self.backend, self.machine, self.handles = g, backend, machine, handles
         self.progress = guard.Progress()
         self.judged = {id(c) for c in judged}  # the checks this backend answers for (backend.judges)
-        self.tape, self.outcome = schedule.tape, outcome
+        self.chooser = chooser or Chooser(schedule.tape)
+        self.outcome = outcome
         self.env, self.bindings = env, bindings
         self.always = [c for c in judged if c.kind == "always"]
         self.need_old = any("old" in c.expr.names or (c.when and "old" in c.when.names) for c in self.always)
@@ -211,7 +216,7 @@ class _Scheduler:
     def run(self) -> None:
         out, handles = self.outcome, self.handles
         current: Handle | None = None
-        chooser = Chooser(self.tape)
+        chooser = self.chooser
         state = guard.observe(self.backend, self.machine) if self.need_old else None
         # tso/lkmm: buffered stores and stale copies are runnable entities beside the threads,
         # so when they take effect is a decision on the same tape (engine.memory).

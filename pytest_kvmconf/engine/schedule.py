@@ -3,8 +3,9 @@
 It is what hypothesis generates and shrinks, and what a replay command
 carries: the parameters, the generated steps of sequence threads, and the
 *choice tape*, one number per scheduling decision (0: the current thread
-goes on; k > 0: switch to the k-th other runnable thread). An exhausted tape
-means "go on", so shrinking the tape means fewer context switches.
+goes on; k > 0: switch to the k-th other runnable thread), written as
+run lengths (see :class:`Chooser`). An exhausted tape means "go on", so
+shrinking the tape means fewer context switches.
 """
 
 from __future__ import annotations
@@ -57,15 +58,17 @@ class Schedule:
 
 
 class Chooser:
-    """Reads the choice tape as preemptions: pairs (k, t) meaning "the current
-    thread goes on for k more decisions, then switch to the t-th other runnable
-    thread". The first number picks the starting thread. An exhausted tape lets
-    the current thread go on, so a shorter tape is a schedule with fewer context
-    switches, and hypothesis' shrinking towards short lists and small numbers
-    shrinks towards the simplest interleaving.
+    """Reads the choice tape. A *decision* is a pick among two or more runnable
+    entities (threads, or whatever else the runner offers to pick from); its
+    *default* is the current entity when it can go on, else the first runnable.
 
-    Only decisions with two or more runnable threads count, so ``k`` counts the
-    places where a switch was possible.
+    The first number picks the starting entity (modulo the number runnable).
+    Then pairs (k, t) mean "the next k decisions take the default, the one after
+    takes the t-th of the other runnable entities" (modulo their number). An
+    exhausted tape takes the default, so a shorter tape is a schedule with fewer
+    context switches, and shrinking towards short lists and small numbers
+    shrinks towards the simplest interleaving. Every interleaving has a tape:
+    :class:`TapeWriter` writes the one of a run whose picks came from elsewhere.
     """
 
     __slots__ = ("tape", "next", "left", "target", "started")
@@ -94,14 +97,59 @@ class Chooser:
             return runnable[0]
         if len(runnable) == 1:
             return runnable[0]
-        if current not in runnable:
-            return runnable[0]
+        default = current if current in runnable else runnable[0]
         if self.left is None:
-            return current
+            return default
         if self.left > 0:
             self.left -= 1
-            return current
-        others = [x for x in runnable if x is not current]
+            return default
+        others = [x for x in runnable if x is not default]
         chosen = others[self.target % len(others)]
         self._load()
+        return chosen
+
+
+class TapeWriter:
+    """Writes the canonical tape of the picks another chooser makes: fed every
+    pick through :meth:`note`, :meth:`tape` is the shortest tape whose
+    :class:`Chooser` makes the same picks (each number in its exact range, no
+    trailing defaults)."""
+
+    __slots__ = ("out", "run", "started")
+
+    def __init__(self) -> None:
+        self.out: list[int] = [0]
+        self.run = 0
+        self.started = False
+
+    def note(self, runnable: list, current: Any, chosen: Any) -> None:
+        if not self.started:
+            self.started = True
+            self.out[0] = runnable.index(chosen) if len(runnable) > 1 else 0
+            return
+        if len(runnable) == 1:
+            return
+        default = current if current in runnable else runnable[0]
+        if chosen is default:
+            self.run += 1
+            return
+        others = [x for x in runnable if x is not default]
+        self.out += [self.run, others.index(chosen)]
+        self.run = 0
+
+    def tape(self) -> tuple[int, ...]:
+        return () if self.out == [0] else tuple(self.out)
+
+
+class Recording:
+    """A chooser that makes its inner chooser's picks and writes their canonical tape."""
+
+    __slots__ = ("inner", "writer")
+
+    def __init__(self, inner: Any):
+        self.inner, self.writer = inner, TapeWriter()
+
+    def pick(self, runnable: list, current: Any) -> Any:
+        chosen = self.inner.pick(runnable, current)
+        self.writer.note(runnable, current, chosen)
         return chosen
