@@ -104,7 +104,8 @@ def memory_skip_reason(backend: Backend, gid: str, assumed: tuple[str, ...], mod
     if model == "sc":
         return None
     if model not in assumed:
-        return f"{gid}'s document assumes the memory model {' or '.join(assumed)}, not {model}"
+        return (f"{gid} is stated for the memory models {', '.join(assumed)} (its spec's memory_models says "
+                f"why), not {model}")
     supported = getattr(backend, "memory_models", ("sc",))
     if model not in supported:
         return (f"backend {backend.name!r} does not simulate the {model} memory model "

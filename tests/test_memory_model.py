@@ -116,7 +116,7 @@ def test_weak_models_skip_where_they_cannot_be_simulated() -> None:
     from pytest_kvmconf.backend import memory_skip_reason
 
     g = guarantees()["REQ-18"]
-    assert "assumes the memory model sc" in memory_skip_reason(ReferenceBackend(), g.id, g.memory_models, "lkmm")
+    assert "stated for the memory models sc (" in memory_skip_reason(ReferenceBackend(), g.id, g.memory_models, "lkmm")
     g = guarantees()["REQ-15"]
     assert memory_skip_reason(ReferenceBackend(), g.id, g.memory_models, "lkmm") is None
     why = memory_skip_reason(ReferenceBackend(), g.id, g.memory_models, "lkmm", free=True)

@@ -226,6 +226,18 @@ class Memory:
         if self.weak:
             self._fence("smp_mb")
 
+    def interrupt(self, vcpu: int) -> None:
+        """The CPU that vCPU ``vcpu``'s thread runs on takes an interrupt (an IPI's handler runs and
+        acknowledges it): taking an interrupt serializes that CPU, so its buffered stores reach
+        memory before the acknowledgement does."""
+        if not self.weak:
+            return
+        for t, v in self.vcpu_of.items():
+            if v == vcpu:
+                cpu, self.cpu = self.cpu, t
+                self._fence("interrupt")
+                self.cpu = cpu
+
     def smp_wmb(self) -> None:
         if self.lkmm:
             self.epochs[self.cpu] = self.epochs.get(self.cpu, 0) + 1

@@ -171,6 +171,7 @@ class RequestsModel:
         v.ipis += 1
         self.ipis_sent += 1
         if not v.irqs_disabled and not v.in_guest:
+            self.memory.interrupt(v.id)
             v.acks += 1  # the target CPU takes the interrupt at once
         else:
             v.ipis_pending += 1
