@@ -176,13 +176,14 @@ class Vcpu:
         self.entries += 1
         self.in_run = True
         ret = _errno_of(lambda: uapi.ioctl(self.fd, uapi.KVM_RUN, 0, "KVM_RUN"))
-        self.in_run = False
         reason = run.exit_reason
         event = run.exit.system_event.type if ret == 0 and reason == uapi.KVM_EXIT_SYSTEM_EVENT else None
         port = run.exit.io.port if ret == 0 and reason == uapi.KVM_EXIT_IO else None
         ticket.result = RunResult(ret, reason, event, port)
         self.runs += 1
         ticket.done.set()
+        # Last: whoever sees in_run False also sees the result (a kicker's wait ends on either).
+        self.in_run = False
         self.on_return()
 
     # -- other threads ----------------------------------------------------------
