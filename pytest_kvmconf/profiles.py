@@ -61,8 +61,10 @@ def base_settings(config: pytest.Config) -> settings | None:
     hypothesis_profile = PROFILES[profile_name(config)]
     if hypothesis_profile is None:
         return None
-    # The budget is the profile's; --hypothesis-verbosity still applies (it changes the default).
-    return settings(settings.get_profile(hypothesis_profile), verbosity=settings.default.verbosity)
+    # Only the budget is the profile's: everything else comes from the profile in force when the
+    # run starts (--hypothesis-profile, --hypothesis-verbosity, hypothesis' own "ci" profile where
+    # the CI variable is set), not from whichever profile was loaded when this module was imported.
+    return settings(settings.default, max_examples=settings.get_profile(hypothesis_profile).max_examples)
 
 
 def describe(config: pytest.Config) -> str:
