@@ -62,6 +62,14 @@ class Stats:
     def too_undecided(self, minimum: int = 1) -> bool:
         return self.undecided >= minimum and self.undecided * 2 > self.examples
 
+    def count_undecided(self, outcome: Outcome) -> bool:
+        """Count ``outcome`` if a live backend's evidence did not come in time; True if so."""
+        if not outcome.undecided:
+            return False
+        self.undecided += 1
+        self.undecided_why = self.undecided_why or outcome.undecided
+        return True
+
 
 def explore(g: Guarantee, backend: Backend, options: RunOptions,
             base: settings | None = None, seed: int | None = None,
@@ -77,6 +85,9 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
 
 
 def _finish(g: Guarantee, stats: Stats, last: Outcome | None) -> None:
+    """The verdict of a search that found no violation: undecided, or an exists not reached."""
+    if stats.too_undecided():
+        raise CouldNotDecide(g, stats)
     if g.has_exists:
         wanted = {i for i, c in enumerate(g.checks) if c.kind == "exists"}
         if not wanted <= stats.reached:
@@ -171,9 +182,7 @@ def _own_search(g: Guarantee, backend: Backend, options: RunOptions, s: settings
                     search.observed(picker)
                     outcome.schedule = replace(schedule, tape=rec.writer.tape())
                     ran(outcome.schedule, outcome.violation is not None, seconds)
-                    if outcome.undecided:  # a live backend's evidence did not come in time
-                        stats.undecided += 1
-                        stats.undecided_why = stats.undecided_why or outcome.undecided
+                    if stats.count_undecided(outcome):
                         break
                     if outcome.violation is not None:
                         raise failed(outcome)
@@ -183,8 +192,6 @@ def _own_search(g: Guarantee, backend: Backend, options: RunOptions, s: settings
                     progress(stats)
         figures.publish(f"settings.max_examples={s.max_examples}" if Phase.generate in s.phases
                         else "nothing left to do")
-        if stats.too_undecided():
-            raise CouldNotDecide(g, stats)
         _finish(g, stats, last)
         census.check(backend, machines[0])
     except (ViolationFound, NothingReached, CouldNotDecide) as exc:
@@ -224,9 +231,7 @@ def _hypothesis_search(g: Guarantee, backend: Backend, options: RunOptions, base
             except KvmconfError as exc:
                 errors.append(exc)
                 return
-            if outcome.undecided:
-                stats.undecided += 1
-                stats.undecided_why = stats.undecided_why or outcome.undecided
+            if stats.count_undecided(outcome):
                 return
             if outcome.violation is not None:
                 if options.free or not replays or outcome.violation.kind == "hang":
@@ -263,12 +268,7 @@ def _hypothesis_search(g: Guarantee, backend: Backend, options: RunOptions, base
             raise errors[0]
         if kept:
             raise ViolationFound(kept[0])
-        if stats.too_undecided():
-            raise CouldNotDecide(g, stats)
-        if g.has_exists:
-            wanted = {i for i, c in enumerate(g.checks) if c.kind == "exists"}
-            if not wanted <= stats.reached:
-                raise NothingReached(g, stats.examples, last[0] if last else None)
+        _finish(g, stats, last[0] if last else None)
         census.check(backend, machines[0])
     except (ViolationFound, NothingReached, CouldNotDecide) as exc:
         exc.stats = stats  # the report wants the search's figures for failures too
