@@ -6,8 +6,13 @@ its ``machine_class`` (as the facet-composed backends do) gets
 * an error for each operation its capabilities need that the class lacks, or whose method does
   not take the operation's declared arguments (the engine passes all of them), after ``ctx``
   where the machine dispatches with the composed machines' ``run_op``;
+* an error for each override, in a class outside pytest-kvmconf, of a step of the facets'
+  vocabulary (:attr:`pytest_kvmconf.facets.Facet.steps`) that does not take the step's declared
+  parameters, or that is a generator where the bundled backend's step returns at once;
 * a warning, with a "did you mean", for each public method a class outside pytest-kvmconf defines
-  that overrides nothing: no operation, no machine hook, no method of the classes it builds on.
+  that overrides nothing: no operation, no step, no machine hook, no method of the classes it
+  builds on; and for a method named as a bundled backend's helper was before the steps became one
+  vocabulary (``_set_request_bit``, ...), which the backends no longer call.
   A misspelt override in a broken variant otherwise silently changes nothing.
 """
 
@@ -23,6 +28,23 @@ from . import facets
 from .backends.compose import FacetMachine
 
 MACHINE_METHODS = frozenset({"run_op", "observe", "close"})
+
+#: Helpers of the bundled backends renamed when each facet's steps became one vocabulary: a
+#: variant written against the old names overrides nothing now.
+FORMER_NAMES = {
+    "_set_request_bit": "set_request_bit", "_check_request": "check_request_bit",
+    "_needs_ipi": "kvm_request_needs_ipi", "_exiting_guest_mode": "kvm_vcpu_exiting_guest_mode",
+    "_wake_up": "kvm_vcpu_wake_up", "_send_ipi": "send_ipi", "_take_ipis": "local_irq_enable",
+    "_wait_for_acks": "csd_lock_wait", "wait_for_acks": "csd_lock_wait", "wakes_for": "request_no_wakeup",
+    "_check_block": "kvm_vcpu_check_block", "check_then_sleep": "set_current_state",
+    "_handle_requests": "check_vcpu_requests", "handle_requests": "check_vcpu_requests",
+    "_enter_guest": "vcpu_enter_guest", "enter_guest": "vcpu_enter_guest",
+    "_after_in_guest_mode": "smp_mb__after_srcu_read_unlock", "last_request_check": "kvm_vcpu_exit_request",
+    "_guest_entry": "guest_enter", "run_guest": "guest_enter", "_guest_exit": "guest_exit",
+    "_sync_pir_to_irr": "vmx_sync_pir_to_irr", "sync_pir_to_irr": "vmx_sync_pir_to_irr",
+    "_pi_set_pir_and_on": "pi_test_and_set_pir_and_on", "_pi_notify": "kvm_vcpu_trigger_posted_interrupt",
+    "_send_pi_notification": "send_pi_notification",
+}
 
 
 class BackendWarning(pytest.PytestWarning):
@@ -66,22 +88,55 @@ def problems(backend: Any) -> tuple[list[str], list[str]]:
         else:
             declared = ", ".join(["ctx", *args] if composed else args)
             errors.append(f"{label}: {op.name} must take ({declared}): {failure}")
+    steps = {n: s for n, s in facets.all_steps().items() if s.facet in caps}
+    errors += _step_errors(cls, label, steps)
     warnings = []
     inherited: set[str] = set()
     for base in cls.__mro__[1:]:
         inherited |= {n for n in vars(base) if not n.startswith("_")}
-    known = inherited | set(ops) | MACHINE_METHODS
+    known = inherited | set(ops) | set(steps) | MACHINE_METHODS
     for klass in reversed(cls.__mro__):
         if _ours(klass) or klass is object:
             continue
         for name, value in vars(klass).items():
-            if name.startswith("_") or not callable(value) or name.startswith(("init_", "observe_")):
+            if not callable(value) or name.startswith(("init_", "observe_", "__")):
                 continue
             owners = {n for base in klass.__mro__[1:] for n in vars(base)}
-            if name in owners or name in ops or name in MACHINE_METHODS:
+            if name in owners or name in ops or name in steps or name in MACHINE_METHODS:
+                continue
+            if name in FORMER_NAMES and any(_ours(b) for b in klass.__mro__[1:]):
+                warnings.append(f"{label}: {klass.__qualname__}.{name} overrides nothing: the bundled backends "
+                                f"call that step {FORMER_NAMES[name]!r} now")
+                continue
+            if name.startswith("_"):
                 continue
             close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
             if close:
                 warnings.append(f"{label}: {klass.__qualname__}.{name} overrides nothing and no operation has "
                                 f"that name (did you mean {close[0]!r}?)")
     return errors, warnings
+
+
+def _step_errors(cls: type, label: str, steps: dict[str, facets.Step]) -> list[str]:
+    """Overrides, outside pytest-kvmconf, of steps the bundled class they build on implements."""
+    errors = []
+    for name, step in sorted(steps.items()):
+        owner = next((k for k in cls.__mro__ if name in vars(k)), None)
+        bundled = next((k for k in cls.__mro__ if _ours(k) and name in vars(k)), None)
+        if owner is None or bundled is None or _ours(owner):
+            continue
+        method = vars(owner)[name]
+        try:
+            signature = inspect.signature(method)
+        except (TypeError, ValueError):
+            continue
+        try:
+            signature.bind(None, *step.args)
+        except TypeError as exc:
+            errors.append(f"{label}: {owner.__qualname__}.{name} must take ({', '.join(step.args)}) as the "
+                          f"step it overrides: {exc}")
+            continue
+        if inspect.isgeneratorfunction(method) and not inspect.isgeneratorfunction(vars(bundled)[name]):
+            errors.append(f"{label}: {owner.__qualname__}.{name} is a generator, but the step it overrides "
+                          f"returns its result at once ({step.returns}): drop the yield")
+    return errors

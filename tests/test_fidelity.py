@@ -180,7 +180,7 @@ class SilentShadowWalkIpi(ReferenceMachine):
     def kvm_make_all_cpus_request(self, ctx, req):
         for v in self.vcpus:
             if v.mode == READING_SHADOW_PAGE_TABLES:
-                self._send_ipi(v)
+                self.send_ipi(v)
         return (yield from super().kvm_make_all_cpus_request(ctx, req))
 
 
@@ -252,7 +252,7 @@ def holds_on_the_models_but_not_on(g: Guarantee, old: type) -> None:
 class OldWakeUp(ReferenceMachine):
     """The model before the fix: waking an already running task counted as a wake."""
 
-    def _wake_up(self, v) -> bool:
+    def kvm_vcpu_wake_up(self, v) -> bool:
         if not v.sleeping:
             return False
         if not v.woken:
@@ -282,13 +282,13 @@ never = "count(k[2] == 'wake' for k in vcpus[0].kicks) > vcpus[0].wakeups"
 class OldPostedInterrupt(ReferenceMachine):
     """The model before the fix: a posted interrupt neither woke a blocked vCPU nor made it runnable."""
 
-    def _pi_notify(self, v):
+    def kvm_vcpu_trigger_posted_interrupt(self, v):
         if v.mode == IN_GUEST_MODE:
-            self._send_pi_notification(v)
+            self.send_pi_notification(v)
         yield Point("no wake-up")
 
-    def _check_block(self, v):
-        return "runnable" if v.runnable else super()._check_block(v) if not v.pir_on else None
+    def kvm_vcpu_check_block(self, v):
+        return "runnable" if v.runnable else super().kvm_vcpu_check_block(v) if not v.pir_on else None
 
 
 def blocked_vcpu_and(tmp_path: Path, op: str, final: str) -> Guarantee:
@@ -322,7 +322,7 @@ def test_a_second_posted_interrupt_sends_no_second_notification() -> None:
     for backend in (ReferenceBackend(), ThreadedBackend()):
         m = backend.new_machine(config)
         sent = []
-        m._send_pi_notification = m.send_pi_notification = lambda v, sent=sent: sent.append(v.id)
+        m.send_pi_notification = m.send_pi_notification = lambda v, sent=sent: sent.append(v.id)
         v = m.vcpus[0]
         if hasattr(v.mode, "write"):
             v.mode.write(IN_GUEST_MODE)
@@ -339,10 +339,10 @@ def test_a_second_posted_interrupt_sends_no_second_notification() -> None:
 class OldCheckBlock(ReferenceMachine):
     """The model before the fix: kvm_vcpu_check_block() without kvm_cpu_has_pending_timer()."""
 
-    def _check_block(self, v):
+    def kvm_vcpu_check_block(self, v):
         pending, v.timer_pending = v.timer_pending, False
         try:
-            return super()._check_block(v)
+            return super().kvm_vcpu_check_block(v)
         finally:
             v.timer_pending = pending
 

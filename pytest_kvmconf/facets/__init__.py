@@ -10,6 +10,13 @@ backend lacks is skipped with that reason.
 Each facet is a module here that calls :func:`register`. Spec validation only
 reads this registry, so adding an operation is one entry in one facet module
 plus its implementation in the backends.
+
+A facet also declares its *steps*: the small methods, below the operations,
+that the bundled backends (reference and threaded) both implement under the
+same name and with the same parameters, each named after the kernel function
+it models. Operations and steps together are what a broken variant may
+override; every other method of a bundled backend is private (a leading
+underscore). CONTRIBUTING.md tabulates them.
 """
 
 from __future__ import annotations
@@ -59,6 +66,25 @@ class Op:
         return next((a for a in self.args if a.name == name), None)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One overridable step of the bundled backends of a facet.
+
+    ``args`` are the parameters after ``self``, the same in every bundled backend. A step with
+    ``points`` contains scheduling points: a generator to ``yield from`` in the generator model,
+    a plain call that calls ``point()`` in the threaded backend; the other steps return at once
+    and read the same in both. ``kernel`` names the kernel function (or code) it models.
+    """
+
+    name: str
+    facet: str
+    args: tuple[str, ...]
+    returns: str
+    kernel: str
+    doc: str
+    points: bool = False
+
+
 @dataclass
 class Facet:
     name: str
@@ -72,10 +98,16 @@ class Facet:
     observables: dict[str, str] = field(default_factory=dict)
     #: capabilities this facet's specs may also ask for (beyond the facet name).
     extra_capabilities: dict[str, str] = field(default_factory=dict)
+    #: name -> the overridable steps of the bundled backends (see :class:`Step`).
+    steps: dict[str, Step] = field(default_factory=dict)
 
     def op(self, name: str, args: list[Arg] | tuple[Arg, ...], returns: str, doc: str,
            vcpu_thread: bool = False) -> None:
         self.ops[name] = Op(name, self.name, tuple(args), returns, doc, vcpu_thread)
+
+    def step(self, name: str, args: tuple[str, ...], returns: str, kernel: str, doc: str,
+             points: bool = False) -> None:
+        self.steps[name] = Step(name, self.name, args, returns, kernel, doc, points)
 
 
 FACETS: dict[str, Facet] = {}
@@ -110,6 +142,11 @@ def all_capabilities() -> Mapping[str, str]:
     for f in FACETS.values():
         out.update(f.extra_capabilities)
     return out
+
+
+def all_steps() -> Mapping[str, Step]:
+    _load()
+    return {name: s for f in FACETS.values() for name, s in f.steps.items()}
 
 
 def all_observables() -> Mapping[str, str]:

@@ -23,6 +23,10 @@ IN_GUEST_MODE = 1
 EXITING_GUEST_MODE = 2
 READING_SHADOW_PAGE_TABLES = 3
 
+#: KVM_RUN's error once the VM is dead (-EIO), and a signal's (-EINTR).
+EIO = 5
+EINTR = 4
+
 MODE_NAMES = {
     OUTSIDE_GUEST_MODE: "OUTSIDE_GUEST_MODE",
     IN_GUEST_MODE: "IN_GUEST_MODE",
@@ -173,8 +177,8 @@ requests.constants.update({
     "IN_GUEST_MODE": IN_GUEST_MODE,
     "EXITING_GUEST_MODE": EXITING_GUEST_MODE,
     "READING_SHADOW_PAGE_TABLES": READING_SHADOW_PAGE_TABLES,
-    "EIO": 5,
-    "EINTR": 4,
+    "EIO": EIO,
+    "EINTR": EINTR,
     **ARCH_REQUESTS,
 })
 requests.named_sets.update({
@@ -203,6 +207,14 @@ requests.op("kvm_request_pending", [V], "bool", "Is any request pending?")
 requests.op("read_request_state", [R, V], "int",
             "Read the state associated with @req (after kvm_check_request returned true).",
             vcpu_thread=True)
+requests.step("set_request_bit", ("v", "req"), "none",
+              "__kvm_make_request(): smp_wmb(); set_bit()",
+              "Set @req's bit in @v's vcpu->requests, after the write barrier that orders the "
+              "request's state before it.", points=True)
+requests.step("check_request_bit", ("v", "nr"), "bool",
+              "kvm_check_request(): kvm_test_request(); kvm_clear_request(); smp_mb__after_atomic()",
+              "If bit @nr of vcpu->requests is set: clear it, then the barrier that pairs with "
+              "set_request_bit's; return whether it was set.")
 requests.observables.update({
     "vcpus[i].requests": "set of pending request numbers (low 8 bits), e.g. `bit(req) in vcpus[0].requests`",
     "vcpus[i].request_state": "dict request number -> associated state last written by a requester",
@@ -222,6 +234,43 @@ kick.op("kvm_vm_dead", [], "none", "kvm_vm_dead(): mark the VM dead, then kvm_ma
 kick.op("post_interrupt", [V, Arg("vector", "int", optional=True, default=32)], "none",
         "x86 posted interrupt: set PIR bit and PIR.ON (nothing more if either was set), then read "
         "vcpu->mode and send the notification IPI if IN_GUEST_MODE, else wake the vCPU if it blocks.")
+kick.step("kvm_vcpu_wake_up", ("v",), "bool", "kvm_vcpu_wake_up() (rcuwait_wake_up())",
+          "Wake @v's task if it sleeps in kvm_vcpu_block (the smp_mb() of rcuwait_wake_up() first); "
+          "true only if it was not running.")
+kick.step("kvm_vcpu_exiting_guest_mode", ("v",), "int", "kvm_vcpu_exiting_guest_mode()",
+          "smp_mb__before_atomic(); cmpxchg(vcpu->mode, IN_GUEST_MODE, EXITING_GUEST_MODE); "
+          "returns the mode seen.")
+kick.step("send_ipi", ("v",), "none", "smp_send_reschedule() / smp_call_function_many()'s IPI",
+          "An IPI reaches @v's CPU: taken at once in host code with interrupts on, else latched "
+          "until local_irq_enable or a forced exit.")
+kick.step("kvm_request_needs_ipi", ("v", "req"), "(int, bool)", "kvm_request_needs_ipi()",
+          "kvm_vcpu_exiting_guest_mode(), then whether @req needs an IPI: IN_GUEST_MODE, widened "
+          "to 'not OUTSIDE_GUEST_MODE' by KVM_REQUEST_WAIT. Returns (mode seen, IPI needed).")
+kick.step("request_no_action", ("req",), "bool", "req & KVM_REQUEST_NO_ACTION in kvm_make_vcpu_request()",
+          "@req sets no request bit, it only kicks (KVM_REQ_OUTSIDE_GUEST_MODE).")
+kick.step("request_no_wakeup", ("req",), "bool", "req & KVM_REQUEST_NO_WAKEUP in kvm_make_vcpu_request()",
+          "@req leaves sleeping vCPUs asleep.")
+kick.step("kvm_for_each_vcpu", (), "list of vCPUs",
+          "kvm_for_each_vcpu() in kvm_make_all_cpus_request_except()",
+          "The vCPUs kvm_make_all_cpus_request() makes the request of, in order.")
+kick.step("kvm_make_vcpu_request", ("ctx", "v", "req"), "bool", "kvm_make_vcpu_request()",
+          "Make @req of one vCPU (unless NO_ACTION), wake it (unless NO_WAKEUP), else decide its IPI "
+          "(never to the current CPU). Returns whether @v joins the IPI mask.", points=True)
+kick.step("kvm_kick_many_cpus", ("targets", "wait"), "bool", "kvm_kick_many_cpus()",
+          "Nothing if @targets is empty (false); else smp_call_function_many(): send_ipi to each, "
+          "and with @wait csd_lock_wait for their acknowledgements (true).", points=True)
+kick.step("csd_lock_wait", ("targets", "expected"), "none", "csd_lock_wait() in smp_call_function_many()",
+          "Wait until each vCPU of @targets has acknowledged @expected[id] IPIs.", points=True)
+kick.step("pi_test_and_set_pir_and_on", ("v", "vector"), "bool",
+          "pi_test_and_set_pir(); pi_test_and_set_on() in __vmx_deliver_posted_interrupt()",
+          "Set the PIR bit of @vector, then PIR.ON (fully ordered atomics, before vcpu->mode is read); "
+          "true if either was set already (a notification is on its way).")
+kick.step("kvm_vcpu_trigger_posted_interrupt", ("v",), "none", "kvm_vcpu_trigger_posted_interrupt()",
+          "Read vcpu->mode: the notification IPI if IN_GUEST_MODE, else kvm_vcpu_wake_up in case it "
+          "blocks.", points=True)
+kick.step("send_pi_notification", ("v",), "none", "apic->send_IPI_mask(..., POSTED_INTR_VECTOR)",
+          "The notification IPI reaches @v's CPU: processed in guest mode without an exit, else "
+          "latched until interrupts are enabled.")
 kick.extra_capabilities.update({
     "model_counters": "the backend reports counters only a model keeps about its own decisions "
                       "(vcpus[i].kicks, vcpus[i].acks, vcpus[i].stay_ipis); a spec reading them "
@@ -257,6 +306,31 @@ run_loop.op("vcpu_run", [V, Arg("entries", "int", optional=True, default=1,
 run_loop.op("walk_shadow_page_tables", [V], "none",
             "Disable interrupts, set READING_SHADOW_PAGE_TABLES, walk, set OUTSIDE_GUEST_MODE, enable.",
             vcpu_thread=True)
+run_loop.step("check_vcpu_requests", ("v",), "bool",
+              "the top of x86 vcpu_enter_guest() (arm64 check_vcpu_requests())",
+              "kvm_check_request() of each pending request, in bit order; true when KVM_REQ_VM_DEAD "
+              "says to return -EIO.", points=True)
+run_loop.step("vcpu_enter_guest", ("v",), "bool", "vcpu_enter_guest(), from local_irq_disable() to VM entry",
+              "The guest-entry sequence of 'Ensuring Requests Are Seen': local_irq_disable, "
+              "IN_GUEST_MODE, the barrier, vmx_sync_pir_to_irr, the last check (abort: false), "
+              "then guest_enter (true).", points=True)
+run_loop.step("local_irq_disable", ("v",), "none", "local_irq_disable()", "Interrupts off on @v's CPU.")
+run_loop.step("local_irq_enable", ("v",), "none", "local_irq_enable()",
+              "Interrupts on: @v's CPU takes (acknowledges) every latched IPI and notification.")
+run_loop.step("smp_mb__after_srcu_read_unlock", ("v",), "str",
+              "smp_mb__after_srcu_read_unlock() in x86 vcpu_enter_guest()",
+              "The full barrier between setting IN_GUEST_MODE and the last checks (the Dekker "
+              "pattern's); returns its label for the timeline.")
+run_loop.step("kvm_vcpu_exit_request", ("v",), "str | None", "kvm_vcpu_exit_request() (x86)",
+              "The last check before VM entry: why to abort it (vcpu->mode is EXITING_GUEST_MODE, "
+              "or kvm_request_pending()), or None to enter.")
+run_loop.step("vmx_sync_pir_to_irr", ("v",), "none", "vmx_sync_pir_to_irr()",
+              "If PIR.ON: clear it, smp_mb__after_atomic(), move PIR to IRR.")
+run_loop.step("guest_enter", ("v",), "none", "guest_enter_irqoff(); kvm_x86_ops.vcpu_run()",
+              "VM entry, interrupts enabled atomically; the guest runs until an IPI forces an exit.",
+              points=True)
+run_loop.step("guest_exit", ("v",), "none", "guest_exit_irqoff(); vcpu->mode = OUTSIDE_GUEST_MODE; "
+              "local_irq_enable()", "VM exit, OUTSIDE_GUEST_MODE, then interrupts on.", points=True)
 run_loop.observables.update({
     "vcpus[i].in_guest": "the vCPU is running guest code",
     "vcpus[i].irqs_disabled": "the vCPU thread has interrupts disabled",
@@ -284,6 +358,15 @@ block.op("send_signal", [V], "none", "A signal becomes pending for the vCPU thre
 block.op("expire_timer", [V], "none",
          "x86: the vCPU's LAPIC timer expires (apic_timer_expired() from the timer function): "
          "kvm_cpu_has_pending_timer() becomes true, KVM_REQ_UNBLOCK is made and the vCPU is kicked.")
+block.step("set_current_state", ("v",), "none",
+           "set_current_state(TASK_INTERRUPTIBLE) in kvm_vcpu_block()'s loop (smp_store_mb())",
+           "The task is interruptible again, before kvm_vcpu_check_block: a wake-up after the "
+           "check is not lost.")
+block.step("kvm_vcpu_check_block", ("v",), "str | None", "kvm_vcpu_check_block()",
+           "Why to stop blocking, in the kernel's order ('runnable' with a posted interrupt in "
+           "PIR too, 'timer', 'signal', 'unblock' consuming KVM_REQ_UNBLOCK), or None.")
+block.step("schedule", ("v",), "none", "schedule() in kvm_vcpu_block()",
+           "Sleep until a waker sets the task running.", points=True)
 block.observables.update({
     "vcpus[i].sleeping": "the vCPU thread waits on its wait queue",
     "vcpus[i].runnable": "kvm_arch_vcpu_runnable()",

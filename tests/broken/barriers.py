@@ -35,16 +35,16 @@ def backend(name: str):
 @variant("REQ-14", caught_under=("lkmm",),
          doc="kvm_make_request() sets the bit without the smp_wmb() after writing the request's state")
 class NoWmbInMakeRequest(ReferenceMachine):
-    def _set_request_bit(self, v: VCpu, req: int):
+    def set_request_bit(self, v: VCpu, req: int):
         self.memory.set_bit(v, "requests", req & KVM_REQUEST_MASK)
-        yield Point(f"set_bit({self.name(req)}) on vcpu{v.id} (no smp_wmb)")
+        yield Point(f"set_bit({self._name(req)}) on vcpu{v.id} (no smp_wmb)")
 
 
 @variant("REQ-14", caught_under=("lkmm",),
          doc="kvm_check_request() clears the bit without the smp_mb__after_atomic() before the caller "
              "reads the request's state")
 class NoMbAfterAtomicInCheckRequest(ReferenceMachine):
-    def _check_request(self, v: VCpu, nr: int) -> bool:
+    def check_request_bit(self, v: VCpu, nr: int) -> bool:
         if not self.memory.read_once(v, "requests") >> nr & 1:
             return False
         self.memory.clear_bit(v, "requests", nr)
@@ -54,7 +54,7 @@ class NoMbAfterAtomicInCheckRequest(ReferenceMachine):
 @variant("REQ-15", "REQ-16", "REQ-24", caught_under=("tso", "lkmm"),
          doc="no smp_mb() between setting IN_GUEST_MODE and the last kvm_request_pending()/PIR checks")
 class NoMbAfterInGuestMode(ReferenceMachine):
-    def _after_in_guest_mode(self, v: VCpu) -> str:
+    def smp_mb__after_srcu_read_unlock(self, v: VCpu) -> str:
         return "(no smp_mb) "
 
 
@@ -65,13 +65,13 @@ class NoMbAfterInGuestMode(ReferenceMachine):
          doc="kvm_vcpu_exiting_guest_mode() as cmpxchg_relaxed() without smp_mb__before_atomic(): the "
              "read of vcpu->mode may pass the request bit")
 class RelaxedExitingGuestMode(ReferenceMachine):
-    def _exiting_guest_mode(self, v: VCpu) -> int:
+    def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
         return self.memory.cmpxchg(v, "mode", IN_GUEST_MODE, EXITING_GUEST_MODE, relaxed=True)
 
 
 @variant("REQ-24", caught_under=("tso", "lkmm"),
          doc="the posted-interrupt sender sets PIR.ON with a plain store, no barrier before reading vcpu->mode")
 class PiOnPlainStore(ReferenceMachine):
-    def _pi_set_pir_and_on(self, v: VCpu, vector: int) -> None:
+    def pi_test_and_set_pir_and_on(self, v: VCpu, vector: int) -> None:
         self.memory.rmw(v, "pir", lambda pir: pir | {vector}, f"pi_test_and_set_pir({vector})")
         self.memory.write_once(v, "pir_on", True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
 from pytest_kvmconf.backends.reference.requests import VCpu
 from pytest_kvmconf.facets.requests import (
+    EXITING_GUEST_MODE,
     IN_GUEST_MODE,
     KVM_REQ_UNHALT,
     KVM_REQ_VM_DEAD,
@@ -62,7 +63,7 @@ class CheckDoesNotClear(ReferenceMachine):
         yield Point(f"kvm_check_request() = {pending} (not cleared)")
         return pending
 
-    def _handle_requests(self, v):
+    def check_vcpu_requests(self, v):
         while v.requests:
             nr = (v.requests & -v.requests).bit_length() - 1
             v.handled.append(nr)
@@ -94,7 +95,7 @@ class TestConsumes(ReferenceMachine):
 
 @variant("REQ-04", doc="set_bit as a non-atomic read-modify-write of the bitmap")
 class NonAtomicSetBit(ReferenceMachine):
-    def _set_request_bit(self, v: VCpu, req: int):
+    def set_request_bit(self, v: VCpu, req: int):
         seen = v.requests
         yield Point(f"READ vcpu->requests = {seen:#x}")
         v.requests = seen | (1 << (req & KVM_REQUEST_MASK))
@@ -103,40 +104,32 @@ class NonAtomicSetBit(ReferenceMachine):
 
 @variant("REQ-05", doc="the request's flags are not masked off before setting the bit")
 class FlagsSelectBit(ReferenceMachine):
-    def _set_request_bit(self, v: VCpu, req: int):
+    def set_request_bit(self, v: VCpu, req: int):
         v.requests |= 1 << (req & 0x3FF)
         yield Point(f"set_bit({req & 0x3FF})")
 
 
 @variant("REQ-06", doc="kvm_make_all_cpus_request forgets the last vCPU")
 class MakeAllSkipsLast(ReferenceMachine):
-    def kvm_make_all_cpus_request(self, ctx, req):
-        saved = self.vcpus
-        self.vcpus = saved[:-1] if len(saved) > 1 else saved
-        try:
-            result = yield from super().kvm_make_all_cpus_request(ctx, req)
-        finally:
-            self.vcpus = saved
-        if len(saved) == 1:
-            saved[0].requests &= ~(1 << (req & KVM_REQUEST_MASK))  # a one-vCPU VM loses it outright
-        return result
+    def kvm_for_each_vcpu(self):
+        return self.vcpus[:-1]
 
 
 @variant("REQ-07", "REQ-15", "REQ-16", doc="a kick moves the vCPU to EXITING_GUEST_MODE but never sends the IPI")
 class KickWithoutIpi(ReferenceMachine):
     def kvm_vcpu_kick(self, ctx, vcpu):
         v = self.vcpus[vcpu]
-        if self._wake_up(v):
+        if self.kvm_vcpu_wake_up(v):
             yield Point("woke it")
             return
-        old = self._exiting_guest_mode(v)
+        old = self.kvm_vcpu_exiting_guest_mode(v)
         v.kicks.append((old, -1, "none"))
         yield Point(f"mode was {old}: no IPI")
 
 
 @variant("REQ-08", "REQ-21", doc="a kick never wakes a sleeping vCPU")
 class KickDoesNotWake(ReferenceMachine):
-    def _wake_up(self, v: VCpu) -> bool:
+    def kvm_vcpu_wake_up(self, v: VCpu) -> bool:
         return False
 
 
@@ -144,25 +137,25 @@ class KickDoesNotWake(ReferenceMachine):
 class KickAlwaysIpi(ReferenceMachine):
     def kvm_vcpu_kick(self, ctx, vcpu):
         v = self.vcpus[vcpu]
-        if self._wake_up(v):
+        if self.kvm_vcpu_wake_up(v):
             yield Point("woke it")
             return
-        old = self._exiting_guest_mode(v)
+        old = self.kvm_vcpu_exiting_guest_mode(v)
         v.kicks.append((old, -1, "ipi"))
-        self._send_ipi(v)
+        self.send_ipi(v)
         yield Point("IPI sent")
 
 
 @variant("REQ-10", doc="KVM_REQUEST_NO_WAKEUP is ignored: sleeping vCPUs are woken")
 class NoWakeupIgnored(ReferenceMachine):
-    def kvm_make_all_cpus_request(self, ctx, req):
-        return (yield from super().kvm_make_all_cpus_request(ctx, req & ~KVM_REQUEST_NO_WAKEUP))
+    def request_no_wakeup(self, req):
+        return False
 
 
 @variant("REQ-11", "REQ-22", doc="a WAIT request returns before the IPIs are acknowledged")
 class WaitWithoutAcks(ReferenceMachine):
-    def _wait_for_acks(self, targets, expected, names):
-        yield Point(f"smp_call_function_many({names}): returns at once")
+    def csd_lock_wait(self, targets, expected):
+        yield Point("smp_call_function_many(): returns at once")
 
 
 @variant("REQ-12", doc="a WAIT request waits until every vCPU handled it, sleeping ones too")
@@ -178,8 +171,8 @@ class WaitOnSleepers(ReferenceMachine):
 
 @variant("REQ-13", doc="the IPI condition ignores KVM_REQUEST_WAIT (IN_GUEST_MODE only)")
 class WaitConditionIgnored(ReferenceMachine):
-    def _needs_ipi(self, v, req):
-        old = self._exiting_guest_mode(v)
+    def kvm_request_needs_ipi(self, v, req):
+        old = self.kvm_vcpu_exiting_guest_mode(v)
         return old, old == IN_GUEST_MODE
 
 
@@ -187,7 +180,7 @@ class WaitConditionIgnored(ReferenceMachine):
 class StateAfterBit(ReferenceMachine):
     def kvm_make_request(self, ctx, req, vcpu, state=None):
         v = self.vcpus[vcpu]
-        yield from self._set_request_bit(v, req)
+        yield from self.set_request_bit(v, req)
         if state is not None:
             v.request_state[req & KVM_REQUEST_MASK] = state
             yield Point(f"WRITE request state = {state}")
@@ -195,59 +188,38 @@ class StateAfterBit(ReferenceMachine):
 
 @variant("REQ-15", "REQ-16", doc="the last kvm_request_pending() check comes before setting IN_GUEST_MODE")
 class CheckBeforeMode(ReferenceMachine):
-    def _enter_guest(self, v):
+    def vcpu_enter_guest(self, v):
         v.irqs_disabled = True
         yield Point("local_irq_disable()")
         pending = v.requests != 0
         yield Point(f"kvm_request_pending() = {str(pending).lower()}")
         if pending:
-            v.irqs_disabled = False
-            self._take_ipis(v)
+            self.local_irq_enable(v)
             return False
         v.mode = IN_GUEST_MODE
         v.stay_ipis = 0
         yield Point("WRITE_ONCE(vcpu->mode, IN_GUEST_MODE)")
-        yield from self._guest_entry(v)
+        yield from self.guest_enter(v)
         return True
-
-
-def entry_sequence(v: VCpu, machine: ReferenceMachine, must_abort):
-    """The documented entry sequence with the last check replaced by ``must_abort(v)``."""
-    v.irqs_disabled = True
-    yield Point("local_irq_disable()")
-    v.mode = IN_GUEST_MODE
-    v.stay_ipis = 0
-    yield Point("WRITE_ONCE(vcpu->mode, IN_GUEST_MODE)")
-    machine._sync_pir_to_irr(v)
-    if must_abort(v):
-        v.mode = OUTSIDE_GUEST_MODE
-        v.aborts += 1
-        yield Point("last check: abort guest entry")
-        v.irqs_disabled = False
-        machine._take_ipis(v)
-        yield Point("local_irq_enable()")
-        return False
-    yield Point("last check: enter")
-    yield from machine._guest_entry(v)
-    return True
 
 
 @variant("REQ-16", doc="the entry check only sees architecture-independent requests")
 class EntryCheckLowByte(ReferenceMachine):
-    def _enter_guest(self, v):
-        return (yield from entry_sequence(
-            v, self, lambda v: v.mode != IN_GUEST_MODE or v.requests & 0xFF != 0))
+    def kvm_vcpu_exit_request(self, v):
+        if v.mode == EXITING_GUEST_MODE or v.requests & 0xFF:
+            return "EXITING_GUEST_MODE or an architecture-independent request"
+        return None
 
 
 @variant("REQ-17", doc="a kick sends its IPI but leaves the vCPU IN_GUEST_MODE")
 class KickLeavesInGuestMode(ReferenceMachine):
-    def _exiting_guest_mode(self, v: VCpu) -> int:
+    def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
         return v.mode
 
 
 @variant("REQ-18", doc="a kicker moves the vCPU straight to OUTSIDE_GUEST_MODE")
 class KickWritesOutside(ReferenceMachine):
-    def _exiting_guest_mode(self, v: VCpu) -> int:
+    def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
         old = v.mode
         if old == IN_GUEST_MODE:
             v.mode = OUTSIDE_GUEST_MODE
@@ -256,7 +228,7 @@ class KickWritesOutside(ReferenceMachine):
 
 @variant("REQ-18", doc="IN_GUEST_MODE is set before interrupts are disabled")
 class ModeBeforeIrqDisable(ReferenceMachine):
-    def _enter_guest(self, v):
+    def vcpu_enter_guest(self, v):
         v.mode = IN_GUEST_MODE
         v.stay_ipis = 0
         yield Point("WRITE_ONCE(vcpu->mode, IN_GUEST_MODE)")
@@ -264,11 +236,10 @@ class ModeBeforeIrqDisable(ReferenceMachine):
         yield Point("local_irq_disable()")
         if v.mode != IN_GUEST_MODE or v.requests:
             v.mode = OUTSIDE_GUEST_MODE
-            v.irqs_disabled = False
-            self._take_ipis(v)
+            self.local_irq_enable(v)
             yield Point("abort")
             return False
-        yield from self._guest_entry(v)
+        yield from self.guest_enter(v)
         return True
 
 
@@ -288,14 +259,14 @@ class VmDeadIgnored(ReferenceMachine):
             self.vm_dead = saved
         return (yield from gen)
 
-    def _handle_requests(self, v):
+    def check_vcpu_requests(self, v):
         v.requests &= ~(1 << (KVM_REQ_VM_DEAD & KVM_REQUEST_MASK))
-        return (yield from super()._handle_requests(v))
+        return (yield from super().check_vcpu_requests(v))
 
 
 @variant("REQ-21", doc="kvm_vcpu_check_block ignores KVM_REQ_UNBLOCK")
 class UnblockIgnored(ReferenceMachine):
-    def _check_block(self, v):
+    def kvm_vcpu_check_block(self, v):
         if v.runnable:
             return "runnable"
         if v.signal_pending:
@@ -318,11 +289,9 @@ class KickNeverLost(ReferenceMachine):
         self.vcpus[vcpu].kick_pending = True
         yield from super().kvm_vcpu_kick(ctx, vcpu)
 
-    def _enter_guest(self, v):
-        def must_abort(v):
-            kicked, v.kick_pending = getattr(v, "kick_pending", False), False
-            return kicked or v.mode != IN_GUEST_MODE or v.requests != 0
-        return (yield from entry_sequence(v, self, must_abort))
+    def kvm_vcpu_exit_request(self, v):
+        kicked, v.kick_pending = getattr(v, "kick_pending", False), False
+        return "a kick is remembered" if kicked else super().kvm_vcpu_exit_request(v)
 
 
 @variant("REQ-24", doc="the posted-interrupt sender reads vcpu->mode before setting PIR.ON")
@@ -335,57 +304,46 @@ class PirOnAfterModeRead(ReferenceMachine):
         v.pir_on = True
         yield Point("pi_test_and_set_on()")
         if in_guest_mode:
-            self._send_pi_notification(v)
+            self.send_pi_notification(v)
             yield Point("notification IPI")
 
 
 @variant("REQ-24", doc="the vCPU syncs PIR to IRR before setting IN_GUEST_MODE")
 class SyncPirBeforeMode(ReferenceMachine):
-    def _enter_guest(self, v):
+    def vcpu_enter_guest(self, v):
         v.irqs_disabled = True
-        self._sync_pir_to_irr(v)
+        self.vmx_sync_pir_to_irr(v)
         yield Point("local_irq_disable(); vmx_sync_pir_to_irr()")
         v.mode = IN_GUEST_MODE
         v.stay_ipis = 0
         yield Point("WRITE_ONCE(vcpu->mode, IN_GUEST_MODE)")
         if v.mode != IN_GUEST_MODE or v.requests:
             v.mode = OUTSIDE_GUEST_MODE
-            v.irqs_disabled = False
-            self._take_ipis(v)
+            self.local_irq_enable(v)
             yield Point("abort")
             return False
         yield Point("smp_mb(); kvm_request_pending() = false")
-        yield from self._guest_entry(v)
+        yield from self.guest_enter(v)
         return True
 
 
 @variant("REQ-25", doc="lost wake-up: kvm_vcpu_block marks itself sleeping only after the check")
 class LostWakeup(ReferenceMachine):
-    def kvm_vcpu_block(self, ctx, vcpu):
-        v = self.vcpus[vcpu]
-        v.sleeping = True
-        yield Point("prepare_to_rcuwait()")
-        while True:
-            reason = self._check_block(v)
-            yield Point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
-            if reason:
-                break
-            v.woken = False  # too late: a wake-up since the check is forgotten
-            v.in_schedule = True
-            yield Wait("schedule(): asleep", lambda: v.woken, idle=True)
-            v.in_schedule = False
-        v.sleeping = False
-        v.block_result = reason
-        yield Point("finish_rcuwait()")
-        return reason
+    def set_current_state(self, v):
+        pass  # not before the check ...
+
+    def schedule(self, v):
+        v.woken = False  # ... but after it: a wake-up since the check is forgotten
+        v.interruptible = True
+        yield from super().schedule(v)
 
 
 @variant("REQ-25", doc="kvm_vcpu_block does not ask kvm_arch_vcpu_runnable before sleeping")
 class BlockIgnoresRunnable(ReferenceMachine):
-    def _check_block(self, v):
+    def kvm_vcpu_check_block(self, v):
         if v.woken and v.runnable:
             return "runnable"
-        return super()._check_block(v) if not v.runnable else None
+        return super().kvm_vcpu_check_block(v) if not v.runnable else None
 
 
 @variant("REQ-26", doc="kvm_vcpu_block makes KVM_REQ_UNHALT whenever it returns, signals included")
@@ -393,7 +351,7 @@ class UnhaltOnSignal(ReferenceMachine):
     def kvm_vcpu_block(self, ctx, vcpu):
         reason = yield from super().kvm_vcpu_block(ctx, vcpu)
         if self.old_text and reason != "runnable":
-            yield from self._set_request_bit(self.vcpus[vcpu], KVM_REQ_UNHALT)
+            yield from self.set_request_bit(self.vcpus[vcpu], KVM_REQ_UNHALT)
         return reason
 
 
@@ -416,8 +374,8 @@ class MakeAllAlwaysTrue(ReferenceMachine):
 class KickWakesAndIpis(ReferenceMachine):
     def kvm_vcpu_kick(self, ctx, vcpu):
         v = self.vcpus[vcpu]
-        if self._wake_up(v):
-            self._send_ipi(v)
+        if self.kvm_vcpu_wake_up(v):
+            self.send_ipi(v)
             yield Point(f"kvm_vcpu_wake_up(vcpu{vcpu}): woke it, and an IPI")
             return
         yield from super().kvm_vcpu_kick(ctx, vcpu)
@@ -428,7 +386,7 @@ class KickIpisShadowWalk(ReferenceMachine):
     def kvm_vcpu_kick(self, ctx, vcpu):
         v = self.vcpus[vcpu]
         if v.mode == READING_SHADOW_PAGE_TABLES and not v.sleeping:
-            self._send_ipi(v)
+            self.send_ipi(v)
             yield Point(f"vcpu{vcpu} READING_SHADOW_PAGE_TABLES: IPI")
             return
         yield from super().kvm_vcpu_kick(ctx, vcpu)
@@ -436,6 +394,6 @@ class KickIpisShadowWalk(ReferenceMachine):
 
 @variant("REQ-13", doc="without KVM_REQUEST_WAIT the IPI condition is still 'not OUTSIDE_GUEST_MODE'")
 class PlainRequestIpisShadowWalk(ReferenceMachine):
-    def _needs_ipi(self, v, req):
-        old = self._exiting_guest_mode(v)
+    def kvm_request_needs_ipi(self, v, req):
+        old = self.kvm_vcpu_exiting_guest_mode(v)
         return old, old != OUTSIDE_GUEST_MODE

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
 from pytest_kvmconf.backends.threaded.requests import VCpu
-from pytest_kvmconf.engine.threads import wait_on
-from pytest_kvmconf.facets.requests import IN_GUEST_MODE, KVM_REQUEST_MASK, MODE_NAMES
+from pytest_kvmconf.facets.requests import EXITING_GUEST_MODE, IN_GUEST_MODE, KVM_REQUEST_MASK, MODE_NAMES
 from pytest_kvmconf.scheduling import point
 
 from . import running
@@ -38,8 +37,8 @@ def backend(name: str) -> ThreadedBackend:
 
 @variant("REQ-15", "REQ-16", doc="no final kvm_request_pending() check: entry only aborts on EXITING_GUEST_MODE")
 class NoFinalPendingCheck(ThreadedMachine):
-    def last_request_check(self, v: VCpu) -> bool:
-        return False
+    def kvm_vcpu_exit_request(self, v: VCpu) -> str | None:
+        return "EXITING_GUEST_MODE" if v.mode.read() == EXITING_GUEST_MODE else None
 
 
 @variant("REQ-17", doc="a kick reads IN_GUEST_MODE and sends the IPI, but leaves the mode (no cmpxchg to EXITING)")
@@ -50,29 +49,26 @@ class KickKeepsMode(ThreadedMachine):
 
 @variant("REQ-25", doc="lost wake-up: set_current_state(TASK_INTERRUPTIBLE) after kvm_vcpu_check_block()")
 class LostWakeup(ThreadedMachine):
-    def check_then_sleep(self, v: VCpu) -> str | None:
-        reason = self.kvm_vcpu_check_block(v)
-        point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
-        if reason is None:
-            with v.wq_lock:
-                v.woken = False  # too late: a wake-up since the check is forgotten
-                v.in_schedule = True
-            wait_on(v.wq, "schedule(): asleep", lambda: v.woken, idle=True)
-            with v.wq_lock:
-                v.in_schedule = False
-        return reason
+    def set_current_state(self, v: VCpu) -> None:
+        pass  # not before the check ...
+
+    def schedule(self, v: VCpu) -> None:
+        with v.wq_lock:
+            v.woken = False  # ... but after it: a wake-up since the check is forgotten
+            v.interruptible = True
+        super().schedule(v)
 
 
 @variant("REQ-11", "REQ-19", "REQ-22", doc="KVM_REQUEST_WAIT returns before the IPIs are acknowledged")
 class WaitSkipsAcks(ThreadedMachine):
-    def wait_for_acks(self, targets, expected, names) -> None:
-        point(f"smp_call_function_many({names}): (not) waiting")
+    def csd_lock_wait(self, targets, expected) -> None:
+        point("smp_call_function_many(): (not) waiting")
 
 
 @variant("REQ-10", doc="KVM_REQUEST_NO_WAKEUP is ignored: sleeping vCPUs are woken")
 class NoWakeupWakes(ThreadedMachine):
-    def wakes_for(self, req: int) -> bool:
-        return True
+    def request_no_wakeup(self, req: int) -> bool:
+        return False
 
 
 @variant("REQ-04", doc="set_bit as a plain read-modify-write of the bitmap, without the atomic")

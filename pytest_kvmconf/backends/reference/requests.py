@@ -3,8 +3,11 @@ loop's guest-entry sequence, kvm_vcpu_block and posted interrupts.
 
 Every action the document orders against another thread is followed by a
 scheduling point (``yield Point``), so the engine can interleave other threads
-exactly there. Each method is small and named after the kernel function it
-models, so a broken variant overrides one of them.
+exactly there. The overridable methods are the facets' operations and their
+*steps* (declared in :mod:`pytest_kvmconf.facets.requests`, the same names and
+parameters as in the threaded backend), each small and named after the kernel
+function it models, so a broken variant overrides one of them; the rest is
+private.
 
 The accesses the document's barrier pairings order (``vcpu->requests``,
 ``vcpu->mode``, the request's associated state, the posted-interrupt
@@ -21,9 +24,12 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["EIO", "RequestsModel", "VCpu"]
+
 from ...backend import MachineConfig, ThreadContext
 from ...engine.memory import SharedMap
 from ...facets.requests import (
+    EIO,
     EXITING_GUEST_MODE,
     IN_GUEST_MODE,
     KVM_REQ_TLB_FLUSH,
@@ -46,7 +52,6 @@ from ...facets.requests import (
 from ...scheduling import Point, Wait
 
 Steps = Generator[Point | Wait, None, Any]
-EIO = 5
 
 
 @dataclass
@@ -114,7 +119,7 @@ class RequestsModel:
             "tlb_flushes_done": self.tlb_flushes_done,
         }
 
-    def name(self, req: int) -> str:
+    def _name(self, req: int) -> str:
         return request_name(req, self.config.doc_version)
 
     # -- the request API ----------------------------------------------------
@@ -125,15 +130,15 @@ class RequestsModel:
         if state is not None:
             self.memory.write_once(v.request_state, req & KVM_REQUEST_MASK, state)
             yield Point(f"WRITE request state = {state}")
-        yield from self._set_request_bit(v, req)
+        yield from self.set_request_bit(v, req)
 
-    def _set_request_bit(self, v: VCpu, req: int) -> Steps:
+    def set_request_bit(self, v: VCpu, req: int) -> Steps:
         """__kvm_make_request(): the smp_wmb() pairs with kvm_check_request()'s barrier."""
         self.memory.smp_wmb()
         self.memory.set_bit(v, "requests", req & KVM_REQUEST_MASK)
-        yield Point(f"smp_wmb(); set_bit({self.name(req)}) on vcpu{v.id}")
+        yield Point(f"smp_wmb(); set_bit({self._name(req)}) on vcpu{v.id}")
 
-    def _check_request(self, v: VCpu, nr: int) -> bool:
+    def check_request_bit(self, v: VCpu, nr: int) -> bool:
         """kvm_check_request(): test_bit(), then clear_bit() and the barrier that pairs with
         kvm_make_request()'s smp_wmb(), so the caller sees the request's state."""
         if not self.memory.read_once(v, "requests") >> nr & 1:
@@ -143,18 +148,18 @@ class RequestsModel:
         return True
 
     def kvm_check_request(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
-        pending = self._check_request(self.vcpus[vcpu], req & KVM_REQUEST_MASK)
-        yield Point(f"kvm_check_request({self.name(req)}) = {str(pending).lower()}")
+        pending = self.check_request_bit(self.vcpus[vcpu], req & KVM_REQUEST_MASK)
+        yield Point(f"kvm_check_request({self._name(req)}) = {str(pending).lower()}")
         return pending
 
     def kvm_test_request(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
         pending = bool(self.memory.read_once(self.vcpus[vcpu], "requests") >> (req & KVM_REQUEST_MASK) & 1)
-        yield Point(f"kvm_test_request({self.name(req)}) = {str(pending).lower()}")
+        yield Point(f"kvm_test_request({self._name(req)}) = {str(pending).lower()}")
         return pending
 
     def kvm_clear_request(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
         self.memory.clear_bit(self.vcpus[vcpu], "requests", req & KVM_REQUEST_MASK)
-        yield Point(f"clear_bit({self.name(req)})")
+        yield Point(f"clear_bit({self._name(req)})")
 
     def kvm_request_pending(self, ctx: ThreadContext, vcpu: int) -> Steps:
         pending = self.memory.read_once(self.vcpus[vcpu], "requests") != 0
@@ -167,7 +172,7 @@ class RequestsModel:
         return value
 
     # -- IPIs and kicks -----------------------------------------------------
-    def _send_ipi(self, v: VCpu) -> None:
+    def send_ipi(self, v: VCpu) -> None:
         v.ipis += 1
         self.ipis_sent += 1
         if not v.irqs_disabled and not v.in_guest:
@@ -176,28 +181,32 @@ class RequestsModel:
         else:
             v.ipis_pending += 1
 
-    def _take_ipis(self, v: VCpu) -> None:
-        """local_irq_enable() on the vCPU thread: pending IPIs are handled (acknowledged). Taking an
-        interrupt serializes the CPU: the handler sees what the sender wrote before the IPI."""
+    def local_irq_disable(self, v: VCpu) -> None:
+        v.irqs_disabled = True
+
+    def local_irq_enable(self, v: VCpu) -> None:
+        """Pending IPIs are handled (acknowledged). Taking an interrupt serializes the CPU: the
+        handler sees what the sender wrote before the IPI."""
+        v.irqs_disabled = False
         if v.ipis_pending or v.pi_notification:
             self.memory.smp_mb()
         v.acks += v.ipis_pending
         v.ipis_pending = 0
         if v.pi_notification:
-            self._sync_pir_to_irr(v)
+            self.vmx_sync_pir_to_irr(v)
             v.pi_notification = False
 
-    def _exiting_guest_mode(self, v: VCpu) -> int:
-        """kvm_vcpu_exiting_guest_mode(): smp_mb__before_atomic(); cmpxchg(mode, IN_GUEST_MODE,
-        EXITING_GUEST_MODE). The barrier orders the request bit before the read of the mode: it
-        pairs with the smp_mb() after setting IN_GUEST_MODE."""
+    def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
+        """smp_mb__before_atomic(); cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE). The barrier
+        orders the request bit before the read of the mode: it pairs with the smp_mb() after
+        setting IN_GUEST_MODE."""
         self.memory.smp_mb__before_atomic()
         return self.memory.cmpxchg(v, "mode", IN_GUEST_MODE, EXITING_GUEST_MODE)
 
-    def _wake_up(self, v: VCpu) -> bool:
-        """kvm_vcpu_wake_up(): rcuwait_wake_up() on the vCPU's rcuwait. True only if it woke the
-        task: wake_up_process() of a task already running (before its set_current_state(), or
-        woken once already) returns 0, and kvm_vcpu_kick() goes on to its IPI check.
+    def kvm_vcpu_wake_up(self, v: VCpu) -> bool:
+        """rcuwait_wake_up() on the vCPU's rcuwait. True only if it woke the task:
+        wake_up_process() of a task already running (before its set_current_state(), or woken
+        once already) returns 0, and kvm_vcpu_kick() goes on to its IPI check.
         rcuwait_wake_up() starts with smp_mb(): the waker's writes are visible to the woken task's check."""
         self.memory.smp_mb()
         if not v.sleeping or not v.interruptible:
@@ -209,7 +218,7 @@ class RequestsModel:
 
     def kvm_vcpu_kick(self, ctx: ThreadContext, vcpu: int) -> Steps:
         v = self.vcpus[vcpu]
-        if self._wake_up(v):
+        if self.kvm_vcpu_wake_up(v):
             v.kicks.append((v.mode, -1, "wake"))
             yield Point(f"kvm_vcpu_wake_up(vcpu{vcpu}): woke it")
             return
@@ -219,56 +228,72 @@ class RequestsModel:
             v.kicks.append((self.memory.read_once(v, "mode"), -1, "none"))
             yield Point("kick from the vCPU's own thread: no IPI")
             return
-        old = self._exiting_guest_mode(v)
+        old = self.kvm_vcpu_exiting_guest_mode(v)
         if old == IN_GUEST_MODE:
             v.kicks.append((old, -1, "ipi"))
             v.stay_ipis += 1
             yield Point(f"cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE) on vcpu{vcpu}: was IN_GUEST_MODE")
-            self._send_ipi(v)
+            self.send_ipi(v)
             yield Point(f"smp_send_reschedule(): IPI to vcpu{vcpu}")
         else:
             v.kicks.append((old, -1, "none"))
             yield Point(f"vcpu{vcpu} mode is {MODE_NAMES[old]}: nothing to do")
 
-    def _needs_ipi(self, v: VCpu, req: int) -> tuple[int, bool]:
-        """kvm_request_needs_ipi(): WAIT widens the condition to "not OUTSIDE_GUEST_MODE"."""
-        old = self._exiting_guest_mode(v)
+    def kvm_request_needs_ipi(self, v: VCpu, req: int) -> tuple[int, bool]:
+        """WAIT widens the condition to "not OUTSIDE_GUEST_MODE"."""
+        old = self.kvm_vcpu_exiting_guest_mode(v)
         if req & KVM_REQUEST_WAIT:
             return old, old != OUTSIDE_GUEST_MODE
         return old, old == IN_GUEST_MODE
 
+    def request_no_action(self, req: int) -> bool:
+        return bool(req & KVM_REQUEST_NO_ACTION)
+
+    def request_no_wakeup(self, req: int) -> bool:
+        return bool(req & KVM_REQUEST_NO_WAKEUP)
+
+    def kvm_for_each_vcpu(self) -> list[VCpu]:
+        return self.vcpus
+
     def kvm_make_all_cpus_request(self, ctx: ThreadContext, req: int) -> Steps:
         targets: list[VCpu] = []
-        for v in self.vcpus:
-            if not req & KVM_REQUEST_NO_ACTION:
-                yield from self._set_request_bit(v, req)
-            if not req & KVM_REQUEST_NO_WAKEUP and self._wake_up(v):
-                v.kicks.append((v.mode, req, "wake"))
-                yield Point(f"kvm_vcpu_wake_up(vcpu{v.id}): woke it")
-                continue
-            old, ipi = self._needs_ipi(v, req)
-            if ipi and ctx.vcpu == v.id:
-                ipi = False  # never IPI the current CPU
-            v.kicks.append((old, req, "ipi" if ipi else "none"))
-            if ipi:
-                v.stay_ipis += 1
+        for v in self.kvm_for_each_vcpu():
+            if (yield from self.kvm_make_vcpu_request(ctx, v, req)):
                 targets.append(v)
-            yield Point(f"vcpu{v.id} mode was {MODE_NAMES[old]}: {'IPI' if ipi else 'no IPI'}")
+        return (yield from self.kvm_kick_many_cpus(targets, bool(req & KVM_REQUEST_WAIT)))
+
+    def kvm_make_vcpu_request(self, ctx: ThreadContext, v: VCpu, req: int) -> Generator[Point | Wait, None, bool]:
+        if not self.request_no_action(req):
+            yield from self.set_request_bit(v, req)
+        if not self.request_no_wakeup(req) and self.kvm_vcpu_wake_up(v):
+            v.kicks.append((v.mode, req, "wake"))
+            yield Point(f"kvm_vcpu_wake_up(vcpu{v.id}): woke it")
+            return False
+        old, ipi = self.kvm_request_needs_ipi(v, req)
+        if ipi and ctx.vcpu == v.id:
+            ipi = False  # never IPI the current CPU
+        v.kicks.append((old, req, "ipi" if ipi else "none"))
+        if ipi:
+            v.stay_ipis += 1
+        yield Point(f"vcpu{v.id} mode was {MODE_NAMES[old]}: {'IPI' if ipi else 'no IPI'}")
+        return ipi
+
+    def kvm_kick_many_cpus(self, targets: list[VCpu], wait: bool) -> Generator[Point | Wait, None, bool]:
+        """smp_call_function_many(@targets, wait), or nothing and false for an empty mask."""
         if not targets:
             return False
         expected = {}
         for v in targets:
-            self._send_ipi(v)
+            self.send_ipi(v)
             expected[v.id] = v.ipis
-        names = ", ".join(f"vcpu{v.id}" for v in targets)
-        if req & KVM_REQUEST_WAIT:
-            yield from self._wait_for_acks(targets, expected, names)
+        if wait:
+            yield from self.csd_lock_wait(targets, expected)
         else:
-            yield Point(f"smp_call_function_many({names}), no wait")
+            yield Point(f"smp_call_function_many({_names(targets)}), no wait")
         return True
 
-    def _wait_for_acks(self, targets: list[VCpu], expected: dict[int, int], names: str) -> Steps:
-        yield Wait(f"smp_call_function_many({names}): wait for acknowledgements",
+    def csd_lock_wait(self, targets: list[VCpu], expected: dict[int, int]) -> Steps:
+        yield Wait(f"smp_call_function_many({_names(targets)}): wait for acknowledgements",
                    lambda: all(v.acks >= expected[v.id] for v in targets))
 
     def kvm_flush_remote_tlbs(self, ctx: ThreadContext) -> Steps:
@@ -287,14 +312,14 @@ class RequestsModel:
         """vmx_deliver_posted_interrupt() (arch/x86/kvm/vmx/vmx.c): set the PIR bit and PIR.ON;
         if either was already set a notification is already on its way: nothing more."""
         v = self.vcpus[vcpu]
-        already = self._pi_set_pir_and_on(v, vector)
+        already = self.pi_test_and_set_pir_and_on(v, vector)
         yield Point(f"pi_test_and_set_pir({vector}); pi_test_and_set_on()")
         if already:
             yield Point(f"vcpu{v.id} PIR.ON was already set: no notification")
             return
-        yield from self._pi_notify(v)
+        yield from self.kvm_vcpu_trigger_posted_interrupt(v)
 
-    def _pi_set_pir_and_on(self, v: VCpu, vector: int) -> bool:
+    def pi_test_and_set_pir_and_on(self, v: VCpu, vector: int) -> bool:
         """Value-returning atomics: fully ordered, so PIR.ON is set before vcpu->mode is read (the
         barrier pairs with the smp_mb() after setting IN_GUEST_MODE). True if the PIR bit, or else
         PIR.ON, was set already (pi_test_and_set_pir() / pi_test_and_set_on())."""
@@ -303,19 +328,19 @@ class RequestsModel:
             return True
         return bool(self.memory.rmw(v, "pir_on", lambda on: True, "pi_test_and_set_on()"))
 
-    def _pi_notify(self, v: VCpu) -> Steps:
-        """kvm_vcpu_trigger_posted_interrupt(): the notification IPI if IN_GUEST_MODE, else a
-        wake-up in case the vCPU blocks (it syncs PIR to IRR at its next entry)."""
+    def kvm_vcpu_trigger_posted_interrupt(self, v: VCpu) -> Steps:
+        """The notification IPI if IN_GUEST_MODE, else a wake-up in case the vCPU blocks (it
+        syncs PIR to IRR at its next entry)."""
         mode = self.memory.read_once(v, "mode")
         if mode == IN_GUEST_MODE:
-            self._send_pi_notification(v)
+            self.send_pi_notification(v)
             yield Point(f"vcpu{v.id} IN_GUEST_MODE: notification IPI sent")
         else:
-            woke = self._wake_up(v)
+            woke = self.kvm_vcpu_wake_up(v)
             yield Point(f"vcpu{v.id} mode {MODE_NAMES[mode]}: no notification; kvm_vcpu_wake_up() "
                         + ("woke it" if woke else "found no sleeping task"))
 
-    def _send_pi_notification(self, v: VCpu) -> None:
+    def send_pi_notification(self, v: VCpu) -> None:
         if v.in_guest:
             self._process_posted_interrupts(v)
         else:
@@ -328,9 +353,9 @@ class RequestsModel:
             v.irr |= v.pir
             v.pir = frozenset()
 
-    def _sync_pir_to_irr(self, v: VCpu) -> None:
-        """vmx_sync_pir_to_irr(): pi_test_on(); pi_clear_on(); smp_mb__after_atomic(); then PIR is
-        moved to IRR word by word with xchg()."""
+    def vmx_sync_pir_to_irr(self, v: VCpu) -> None:
+        """pi_test_on(); pi_clear_on(); smp_mb__after_atomic(); then PIR is moved to IRR word by
+        word with xchg()."""
         if not self.memory.read_once(v, "pir_on"):
             return
         self.memory.atomic(v, "pir_on", lambda on: False, "pi_clear_on()")
@@ -345,64 +370,69 @@ class RequestsModel:
             return -EIO
         done = 0
         while done < entries:
-            dead = yield from self._handle_requests(v)
+            dead = yield from self.check_vcpu_requests(v)
             if dead:
                 return -EIO
-            entered = yield from self._enter_guest(v)
+            entered = yield from self.vcpu_enter_guest(v)
             if not entered:
                 continue
-            yield from self._guest_exit(v)
+            yield from self.guest_exit(v)
             done += 1
         return 0
 
-    def _handle_requests(self, v: VCpu) -> Generator[Point | Wait, None, bool]:
+    def check_vcpu_requests(self, v: VCpu) -> Generator[Point | Wait, None, bool]:
         """The top of vcpu_enter_guest(): kvm_check_request() for each pending request."""
         while bits := self.memory.read_once(v, "requests"):
             nr = (bits & -bits).bit_length() - 1
-            self._check_request(v, nr)
+            self.check_request_bit(v, nr)
             v.handled.append(nr)
             if nr == KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK:
                 v.tlb_gen = self.tlb_flushes_started
-            yield Point(f"kvm_check_request({self.name(nr)}) = true: handled")
+            yield Point(f"kvm_check_request({self._name(nr)}) = true: handled")
             if nr == KVM_REQ_VM_DEAD & KVM_REQUEST_MASK and self.has_vm_dead:
                 yield Point("KVM_REQ_VM_DEAD: return -EIO")
                 return True
         return False
 
-    def _enter_guest(self, v: VCpu) -> Generator[Point | Wait, None, bool]:
+    def vcpu_enter_guest(self, v: VCpu) -> Generator[Point | Wait, None, bool]:
         """The guest-entry sequence of "Ensuring Requests Are Seen"."""
-        v.irqs_disabled = True
+        self.local_irq_disable(v)
         yield Point("local_irq_disable()")
         self.memory.write_once(v, "mode", IN_GUEST_MODE)
         v.stay_ipis = 0
         yield Point("WRITE_ONCE(vcpu->mode, IN_GUEST_MODE)")
-        mb = self._after_in_guest_mode(v)
-        self._sync_pir_to_irr(v)
-        pending = self.memory.read_once(v, "requests") != 0
-        if self.memory.read_once(v, "mode") == EXITING_GUEST_MODE or pending:
+        mb = self.smp_mb__after_srcu_read_unlock(v)
+        self.vmx_sync_pir_to_irr(v)
+        why = self.kvm_vcpu_exit_request(v)
+        if why:
             self._outside_guest_mode(v)
             v.aborts += 1
-            yield Point(f"{mb}kvm_request_pending() = {str(pending).lower()}: abort guest entry")
-            v.irqs_disabled = False
-            self._take_ipis(v)
+            yield Point(f"{mb}{why}: abort guest entry")
+            self.local_irq_enable(v)
             yield Point("local_irq_enable()")
             return False
         yield Point(f"{mb}kvm_request_pending() = false")
-        yield from self._guest_entry(v)
+        yield from self.guest_enter(v)
         return True
 
-    def _after_in_guest_mode(self, v: VCpu) -> str:
+    def smp_mb__after_srcu_read_unlock(self, v: VCpu) -> str:
         """The smp_mb() between setting IN_GUEST_MODE and the last checks (the Dekker pattern's
-        barrier, smp_mb__after_srcu_read_unlock() in x86's vcpu_enter_guest()). Returns its label."""
+        barrier). Returns its label."""
         self.memory.smp_mb()
         return "smp_mb(); "
+
+    def kvm_vcpu_exit_request(self, v: VCpu) -> str | None:
+        pending = self.memory.read_once(v, "requests") != 0
+        if self.memory.read_once(v, "mode") == EXITING_GUEST_MODE:
+            return f"vcpu->mode = EXITING_GUEST_MODE, kvm_request_pending() = {str(pending).lower()}"
+        return "kvm_request_pending() = true" if pending else None
 
     def _outside_guest_mode(self, v: VCpu) -> None:
         """vcpu->mode = OUTSIDE_GUEST_MODE; smp_wmb(); as vcpu_enter_guest() leaves guest mode."""
         self.memory.write_once(v, "mode", OUTSIDE_GUEST_MODE)
         self.memory.smp_wmb()
 
-    def _guest_entry(self, v: VCpu) -> Steps:
+    def guest_enter(self, v: VCpu) -> Steps:
         v.in_guest = True
         v.entries += 1
         v.irqs_disabled = False  # enabled atomically with the entry
@@ -412,20 +442,19 @@ class RequestsModel:
         yield Wait("VM entry, interrupts enabled atomically: guest runs",
                    lambda: v.ipis_pending > 0, idle=True)
 
-    def _guest_exit(self, v: VCpu) -> Steps:
+    def guest_exit(self, v: VCpu) -> Steps:
         v.in_guest = False
         v.exits += 1
         v.irqs_disabled = True
         yield Point("VM exit (IPI)")
         self._outside_guest_mode(v)
         yield Point("vcpu->mode = OUTSIDE_GUEST_MODE")
-        v.irqs_disabled = False
-        self._take_ipis(v)
+        self.local_irq_enable(v)
         yield Point("local_irq_enable(): pending IPIs acknowledged")
 
     def walk_shadow_page_tables(self, ctx: ThreadContext, vcpu: int) -> Steps:
         v = self.vcpus[vcpu]
-        v.irqs_disabled = True
+        self.local_irq_disable(v)
         yield Point("local_irq_disable()")
         # walk_shadow_page_lockless_begin()/_end() of x86's MMU.
         self.memory.store_mb(v, "mode", READING_SHADOW_PAGE_TABLES)
@@ -433,46 +462,52 @@ class RequestsModel:
         yield Point("walk the shadow page tables")
         self.memory.store_release(v, "mode", OUTSIDE_GUEST_MODE)
         yield Point("vcpu->mode = OUTSIDE_GUEST_MODE")
-        v.irqs_disabled = False
-        self._take_ipis(v)
+        self.local_irq_enable(v)
         yield Point("local_irq_enable()")
 
     # -- sleeping vCPUs -------------------------------------------------------
-    def _check_block(self, v: VCpu) -> str | None:
-        """kvm_vcpu_check_block(): why to stop blocking, in the kernel's order. A posted
-        interrupt still in the PIR makes the vCPU runnable (kvm_cpu_has_interrupt())."""
+    def kvm_vcpu_check_block(self, v: VCpu) -> str | None:
+        """Why to stop blocking, in the kernel's order. A posted interrupt still in the PIR
+        makes the vCPU runnable (kvm_cpu_has_interrupt())."""
         if v.runnable or v.pir_on:
             return "runnable"
         if v.timer_pending:
             return "timer"
         if v.signal_pending:
             return "signal"
-        if self.has_unblock and self._check_request(v, KVM_REQ_UNBLOCK & KVM_REQUEST_MASK):
+        if self.has_unblock and self.check_request_bit(v, KVM_REQ_UNBLOCK & KVM_REQUEST_MASK):
             return "unblock"
         return None
+
+    def set_current_state(self, v: VCpu) -> None:
+        """set_current_state(TASK_INTERRUPTIBLE), before the check: smp_store_mb()."""
+        v.woken = False
+        v.interruptible = True
+        self.memory.smp_mb()
+
+    def schedule(self, v: VCpu) -> Steps:
+        v.in_schedule = True
+        yield Wait("schedule(): asleep", lambda: v.woken, idle=True)
+        v.in_schedule = False
 
     def kvm_vcpu_block(self, ctx: ThreadContext, vcpu: int) -> Steps:
         v = self.vcpus[vcpu]
         v.sleeping = True
         yield Point("prepare_to_rcuwait(): on the wait queue")
         while True:
-            v.woken = False  # set_current_state(TASK_INTERRUPTIBLE), before the check: smp_store_mb()
-            v.interruptible = True
-            self.memory.smp_mb()
-            reason = self._check_block(v)
+            self.set_current_state(v)
+            reason = self.kvm_vcpu_check_block(v)
             yield Point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
             if reason:
                 break
-            v.in_schedule = True
-            yield Wait("schedule(): asleep", lambda: v.woken, idle=True)
-            v.in_schedule = False
+            yield from self.schedule(v)
         v.sleeping = False
         v.woken = False
         v.interruptible = False  # __set_current_state(TASK_RUNNING)
         v.block_result = reason
         yield Point("finish_rcuwait()")
         if self.old_text and reason == "runnable":
-            yield from self._set_request_bit(v, KVM_REQ_UNHALT)
+            yield from self.set_request_bit(v, KVM_REQ_UNHALT)
         return reason
 
     def make_runnable(self, ctx: ThreadContext, vcpu: int, kick: bool = True) -> Steps:
@@ -487,11 +522,15 @@ class RequestsModel:
         v = self.vcpus[vcpu]
         v.timer_pending = True
         yield Point(f"atomic_inc(&vcpu{vcpu}->lapic_timer.pending)")
-        yield from self._set_request_bit(v, KVM_REQ_UNBLOCK)
+        yield from self.set_request_bit(v, KVM_REQ_UNBLOCK)
         yield from self.kvm_vcpu_kick(ctx, vcpu)
 
     def send_signal(self, ctx: ThreadContext, vcpu: int) -> Steps:
         v = self.vcpus[vcpu]
         v.signal_pending = True
-        self._wake_up(v)
+        self.kvm_vcpu_wake_up(v)
         yield Point(f"signal to the vcpu{vcpu} thread (signal_wake_up)")
+
+
+def _names(targets: list[VCpu]) -> str:
+    return ", ".join(f"vcpu{v.id}" for v in targets)

@@ -12,7 +12,10 @@ real ``Condition.wait`` in free runs and a park at the engine in controlled ones
 
 A scheduling point follows every action the document orders against another
 thread, with the same labels as the reference model so timelines compare; no
-lock is held at a point (see :mod:`pytest_kvmconf.engine.threads`).
+lock is held at a point (see :mod:`pytest_kvmconf.engine.threads`). The
+overridable methods are the operations and the facets' *steps*, with the same
+names and parameters as in the reference model (declared in
+:mod:`pytest_kvmconf.facets.requests`); the rest is private.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 from ...backend import MachineConfig, ThreadContext
 from ...engine.threads import wait_on
 from ...facets.requests import (
+    EIO,
     EXITING_GUEST_MODE,
     IN_GUEST_MODE,
     KVM_REQ_TLB_FLUSH,
@@ -44,8 +48,6 @@ from ...facets.requests import (
 )
 from ...scheduling import point
 from .atomics import AtomicBitmap, AtomicInt
-
-EIO = 5
 
 
 class VCpu:
@@ -130,7 +132,7 @@ class RequestsThreads:
             "tlb_flushes_done": self.tlb_flushes_done.read(),
         }
 
-    def name(self, req: int) -> str:
+    def _name(self, req: int) -> str:
         return request_name(req, self.config.doc_version)
 
     # -- the request API ----------------------------------------------------
@@ -147,21 +149,24 @@ class RequestsThreads:
         # smp_wmb() orders the state write above before the bit: the bitmap's
         # lock release publishes both.
         v.requests.set_bit(req & KVM_REQUEST_MASK)
-        point(f"smp_wmb(); set_bit({self.name(req)}) on vcpu{v.id}")
+        point(f"smp_wmb(); set_bit({self._name(req)}) on vcpu{v.id}")
+
+    def check_request_bit(self, v: VCpu, nr: int) -> bool:
+        return v.requests.test_and_clear_bit(nr)
 
     def kvm_check_request(self, ctx: ThreadContext, req: int, vcpu: int) -> bool:
-        pending = self.vcpus[vcpu].requests.test_and_clear_bit(req & KVM_REQUEST_MASK)
-        point(f"kvm_check_request({self.name(req)}) = {str(pending).lower()}")
+        pending = self.check_request_bit(self.vcpus[vcpu], req & KVM_REQUEST_MASK)
+        point(f"kvm_check_request({self._name(req)}) = {str(pending).lower()}")
         return pending
 
     def kvm_test_request(self, ctx: ThreadContext, req: int, vcpu: int) -> bool:
         pending = self.vcpus[vcpu].requests.test_bit(req & KVM_REQUEST_MASK)
-        point(f"kvm_test_request({self.name(req)}) = {str(pending).lower()}")
+        point(f"kvm_test_request({self._name(req)}) = {str(pending).lower()}")
         return pending
 
     def kvm_clear_request(self, ctx: ThreadContext, req: int, vcpu: int) -> None:
         self.vcpus[vcpu].requests.clear_bit(req & KVM_REQUEST_MASK)
-        point(f"clear_bit({self.name(req)})")
+        point(f"clear_bit({self._name(req)})")
 
     def kvm_request_pending(self, ctx: ThreadContext, vcpu: int) -> bool:
         pending = self.vcpus[vcpu].requests.read() != 0
@@ -188,9 +193,9 @@ class RequestsThreads:
                 v.ipis_pending += 1
                 v.cpu_irq.notify_all()
         if taken:
-            self.notify_acked()
+            self._notify_acked()
 
-    def notify_acked(self) -> None:
+    def _notify_acked(self) -> None:
         with self.acked:
             self.acked.notify_all()
 
@@ -203,9 +208,9 @@ class RequestsThreads:
             v.ipis_pending = 0
             notification, v.pi_notification = v.pi_notification, False
         if notification:
-            self.sync_pir_to_irr(v)
+            self.vmx_sync_pir_to_irr(v)
         if taken:
-            self.notify_acked()
+            self._notify_acked()
 
     def local_irq_disable(self, v: VCpu) -> None:
         with v.cpu_lock:
@@ -257,41 +262,49 @@ class RequestsThreads:
             return seen, seen != OUTSIDE_GUEST_MODE
         return seen, seen == IN_GUEST_MODE
 
+    def request_no_action(self, req: int) -> bool:
+        return bool(req & KVM_REQUEST_NO_ACTION)
+
+    def request_no_wakeup(self, req: int) -> bool:
+        return bool(req & KVM_REQUEST_NO_WAKEUP)
+
+    def kvm_for_each_vcpu(self) -> list[VCpu]:
+        return self.vcpus
+
     def kvm_make_all_cpus_request(self, ctx: ThreadContext, req: int) -> bool:
-        targets: list[VCpu] = []
-        for v in self.vcpus:
-            if not req & KVM_REQUEST_NO_ACTION:
-                self.set_request_bit(v, req)
-            if self.wakes_for(req) and self.kvm_vcpu_wake_up(v):
-                v.note_kick(v.mode.read(), req, "wake")
-                point(f"kvm_vcpu_wake_up(vcpu{v.id}): woke it")
-                continue
-            seen, ipi = self.kvm_request_needs_ipi(v, req)
-            if ipi and ctx.vcpu == v.id:
-                ipi = False  # smp_call_function_many() skips the current CPU
-            v.note_kick(seen, req, "ipi" if ipi else "none")
-            if ipi:
-                targets.append(v)
-            point(f"vcpu{v.id} mode was {MODE_NAMES[seen]}: {'IPI' if ipi else 'no IPI'}")
+        targets = [v for v in self.kvm_for_each_vcpu() if self.kvm_make_vcpu_request(ctx, v, req)]
+        return self.kvm_kick_many_cpus(targets, bool(req & KVM_REQUEST_WAIT))
+
+    def kvm_make_vcpu_request(self, ctx: ThreadContext, v: VCpu, req: int) -> bool:
+        if not self.request_no_action(req):
+            self.set_request_bit(v, req)
+        if not self.request_no_wakeup(req) and self.kvm_vcpu_wake_up(v):
+            v.note_kick(v.mode.read(), req, "wake")
+            point(f"kvm_vcpu_wake_up(vcpu{v.id}): woke it")
+            return False
+        seen, ipi = self.kvm_request_needs_ipi(v, req)
+        if ipi and ctx.vcpu == v.id:
+            ipi = False  # smp_call_function_many() skips the current CPU
+        v.note_kick(seen, req, "ipi" if ipi else "none")
+        point(f"vcpu{v.id} mode was {MODE_NAMES[seen]}: {'IPI' if ipi else 'no IPI'}")
+        return ipi
+
+    def kvm_kick_many_cpus(self, targets: list[VCpu], wait: bool) -> bool:
+        """smp_call_function_many(@targets, wait), or nothing and false for an empty mask."""
         if not targets:
             return False
         expected = {}
         for v in targets:
             self.send_ipi(v)
             expected[v.id] = v.ipis
-        names = ", ".join(f"vcpu{v.id}" for v in targets)
-        if req & KVM_REQUEST_WAIT:
-            self.wait_for_acks(targets, expected, names)
+        if wait:
+            self.csd_lock_wait(targets, expected)
         else:
-            point(f"smp_call_function_many({names}), no wait")
+            point(f"smp_call_function_many({_names(targets)}), no wait")
         return True
 
-    def wakes_for(self, req: int) -> bool:
-        """KVM_REQUEST_NO_WAKEUP: sleeping vCPUs are left asleep."""
-        return not req & KVM_REQUEST_NO_WAKEUP
-
-    def wait_for_acks(self, targets: list[VCpu], expected: dict[int, int], names: str) -> None:
-        wait_on(self.acked, f"smp_call_function_many({names}): wait for acknowledgements",
+    def csd_lock_wait(self, targets: list[VCpu], expected: dict[int, int]) -> None:
+        wait_on(self.acked, f"smp_call_function_many({_names(targets)}): wait for acknowledgements",
                 lambda: all(v.acks >= expected[v.id] for v in targets))
 
     def kvm_flush_remote_tlbs(self, ctx: ThreadContext) -> None:
@@ -309,22 +322,29 @@ class RequestsThreads:
     def post_interrupt(self, ctx: ThreadContext, vcpu: int, vector: int = 32) -> None:
         """vmx_deliver_posted_interrupt(): nothing more if the PIR bit or PIR.ON was already set."""
         v = self.vcpus[vcpu]
+        already = self.pi_test_and_set_pir_and_on(v, vector)
+        point(f"pi_test_and_set_pir({vector}); pi_test_and_set_on()")
+        if already:
+            point(f"vcpu{v.id} PIR.ON was already set: no notification")
+            return
+        self.kvm_vcpu_trigger_posted_interrupt(v)
+
+    def pi_test_and_set_pir_and_on(self, v: VCpu, vector: int) -> bool:
         with v.pi_lock:
             was_set, was_on = vector in v.pir, v.pir_on
             v.pir.add(vector)
             if not was_set:
                 v.pir_on = True
-        point(f"pi_test_and_set_pir({vector}); pi_test_and_set_on()")
-        if was_set or was_on:
-            point(f"vcpu{v.id} PIR.ON was already set: no notification")
-            return
+        return was_set or was_on
+
+    def kvm_vcpu_trigger_posted_interrupt(self, v: VCpu) -> None:
         # The atomic test-and-set of PIR.ON is ordered before the read of vcpu->mode.
         mode = v.mode.read()
         if mode == IN_GUEST_MODE:
             self.send_pi_notification(v)
             point(f"vcpu{v.id} IN_GUEST_MODE: notification IPI sent")
         else:
-            woke = self.kvm_vcpu_wake_up(v)  # kvm_vcpu_trigger_posted_interrupt(): in case it blocks
+            woke = self.kvm_vcpu_wake_up(v)  # in case it blocks
             point(f"vcpu{v.id} mode {MODE_NAMES[mode]}: no notification; kvm_vcpu_wake_up() "
                   + ("woke it" if woke else "found no sleeping task"))
 
@@ -334,9 +354,9 @@ class RequestsThreads:
             if not in_guest:
                 v.pi_notification = True  # latched until interrupts are enabled
         if in_guest:
-            self.sync_pir_to_irr(v)  # the CPU processes it without an exit
+            self.vmx_sync_pir_to_irr(v)  # the CPU processes it without an exit
 
-    def sync_pir_to_irr(self, v: VCpu) -> None:
+    def vmx_sync_pir_to_irr(self, v: VCpu) -> None:
         with v.pi_lock:
             if v.pir_on:
                 v.pir_on = False
@@ -351,15 +371,15 @@ class RequestsThreads:
             return -EIO
         done = 0
         while done < entries:
-            if self.handle_requests(v):
+            if self.check_vcpu_requests(v):
                 return -EIO
-            if not self.enter_guest(v):
+            if not self.vcpu_enter_guest(v):
                 continue
             self.guest_exit(v)
             done += 1
         return 0
 
-    def handle_requests(self, v: VCpu) -> bool:
+    def check_vcpu_requests(self, v: VCpu) -> bool:
         """The top of vcpu_enter_guest(): kvm_check_request() for each pending request.
         Returns True when KVM_REQ_VM_DEAD says to leave with -EIO."""
         while True:
@@ -369,12 +389,12 @@ class RequestsThreads:
             v.handled.append(nr)
             if nr == KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK:
                 v.tlb_gen = self.tlb_flushes_started.read()
-            point(f"kvm_check_request({self.name(nr)}) = true: handled")
+            point(f"kvm_check_request({self._name(nr)}) = true: handled")
             if nr == KVM_REQ_VM_DEAD & KVM_REQUEST_MASK and self.has_vm_dead:
                 point("KVM_REQ_VM_DEAD: return -EIO")
                 return True
 
-    def enter_guest(self, v: VCpu) -> bool:
+    def vcpu_enter_guest(self, v: VCpu) -> bool:
         """The guest-entry sequence of "Ensuring Requests Are Seen", one step per point."""
         self.local_irq_disable(v)
         point("local_irq_disable()")
@@ -382,24 +402,32 @@ class RequestsThreads:
         with v.cpu_lock:
             v.stay_ipis = 0
         point("WRITE_ONCE(vcpu->mode, IN_GUEST_MODE)")
-        # smp_mb(), then the last checks: PIR (posted interrupts) and the requests.
-        self.sync_pir_to_irr(v)
-        pending = self.last_request_check(v)
-        if v.mode.read() == EXITING_GUEST_MODE or pending:
+        # The last checks: PIR (posted interrupts) and the requests.
+        mb = self.smp_mb__after_srcu_read_unlock(v)
+        self.vmx_sync_pir_to_irr(v)
+        why = self.kvm_vcpu_exit_request(v)
+        if why:
             v.mode.write(OUTSIDE_GUEST_MODE)
             v.aborts += 1
-            point(f"smp_mb(); kvm_request_pending() = {str(pending).lower()}: abort guest entry")
+            point(f"{mb}{why}: abort guest entry")
             self.local_irq_enable(v)
             point("local_irq_enable()")
             return False
-        point("smp_mb(); kvm_request_pending() = false")
-        self.run_guest(v)
+        point(f"{mb}kvm_request_pending() = false")
+        self.guest_enter(v)
         return True
 
-    def last_request_check(self, v: VCpu) -> bool:
-        return v.requests.read() != 0
+    def smp_mb__after_srcu_read_unlock(self, v: VCpu) -> str:
+        # The atomics are sequentially consistent (locked): nothing to do but name it.
+        return "smp_mb(); "
 
-    def run_guest(self, v: VCpu) -> None:
+    def kvm_vcpu_exit_request(self, v: VCpu) -> str | None:
+        pending = v.requests.read() != 0
+        if v.mode.read() == EXITING_GUEST_MODE:
+            return f"vcpu->mode = EXITING_GUEST_MODE, kvm_request_pending() = {str(pending).lower()}"
+        return "kvm_request_pending() = true" if pending else None
+
+    def guest_enter(self, v: VCpu) -> None:
         """VM entry enables interrupts atomically; the guest runs until an IPI forces an exit."""
         with v.cpu_lock:
             v.in_guest = True
@@ -407,7 +435,7 @@ class RequestsThreads:
             v.irqs_disabled = False
             notification, v.pi_notification = v.pi_notification, False
         if notification:
-            self.sync_pir_to_irr(v)
+            self.vmx_sync_pir_to_irr(v)
         wait_on(v.cpu_irq, "VM entry, interrupts enabled atomically: guest runs",
                 lambda: v.ipis_pending > 0, idle=True)
 
@@ -446,9 +474,23 @@ class RequestsThreads:
             return "timer"
         if v.signal_pending:
             return "signal"
-        if self.has_unblock and v.requests.test_and_clear_bit(KVM_REQ_UNBLOCK):
+        if self.has_unblock and self.check_request_bit(v, KVM_REQ_UNBLOCK & KVM_REQUEST_MASK):
             return "unblock"
         return None
+
+    def set_current_state(self, v: VCpu) -> None:
+        """set_current_state(TASK_INTERRUPTIBLE) *before* the condition, so a wake-up after
+        the check is not lost."""
+        with v.wq_lock:
+            v.woken = False
+            v.interruptible = True
+
+    def schedule(self, v: VCpu) -> None:
+        with v.wq_lock:
+            v.in_schedule = True
+        wait_on(v.wq, "schedule(): asleep", lambda: v.woken, idle=True)
+        with v.wq_lock:
+            v.in_schedule = False
 
     def kvm_vcpu_block(self, ctx: ThreadContext, vcpu: int) -> str:
         v = self.vcpus[vcpu]
@@ -456,9 +498,12 @@ class RequestsThreads:
             v.sleeping = True
         point("prepare_to_rcuwait(): on the wait queue")
         while True:
-            reason = self.check_then_sleep(v)
+            self.set_current_state(v)
+            reason = self.kvm_vcpu_check_block(v)
+            point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
             if reason:
                 break
+            self.schedule(v)
         with v.wq_lock:
             v.sleeping = False
             v.woken = False
@@ -467,22 +512,6 @@ class RequestsThreads:
         point("finish_rcuwait()")
         if self.old_text and reason == "runnable":
             self.set_request_bit(v, KVM_REQ_UNHALT)
-        return reason
-
-    def check_then_sleep(self, v: VCpu) -> str | None:
-        """One turn of rcuwait_wait_event(): set_current_state(TASK_INTERRUPTIBLE)
-        *before* the condition, so a wake-up after the check is not lost."""
-        with v.wq_lock:
-            v.woken = False
-            v.interruptible = True
-        reason = self.kvm_vcpu_check_block(v)
-        point(f"kvm_vcpu_check_block() = {reason or 'keep blocking'}")
-        if reason is None:
-            with v.wq_lock:
-                v.in_schedule = True
-            wait_on(v.wq, "schedule(): asleep", lambda: v.woken, idle=True)
-            with v.wq_lock:
-                v.in_schedule = False
         return reason
 
     def make_runnable(self, ctx: ThreadContext, vcpu: int, kick: bool = True) -> None:
@@ -504,3 +533,7 @@ class RequestsThreads:
         v.signal_pending = True
         self.kvm_vcpu_wake_up(v)
         point(f"signal to the vcpu{vcpu} thread (signal_wake_up)")
+
+
+def _names(targets: list[VCpu]) -> str:
+    return ", ".join(f"vcpu{v.id}" for v in targets)

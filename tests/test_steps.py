@@ -1,0 +1,115 @@
+"""Each facet's overridable steps are one vocabulary: both bundled backends implement every step of
+every facet they support under the declared name and parameters, and nothing else they define is
+public; the registration-time check holds variants to the same vocabulary."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from pytest_kvmconf import facets
+from pytest_kvmconf.backend_check import problems
+from pytest_kvmconf.backends.compose import FacetMachine
+from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
+from pytest_kvmconf.backends.reference.requests import RequestsModel
+from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
+from pytest_kvmconf.backends.threaded.requests import RequestsThreads
+
+from .broken import running
+
+BACKENDS = [ReferenceBackend(), ThreadedBackend()]
+#: the facet mixins whose public methods are all operations, steps or hooks.
+VOCABULARY_MIXINS = (RequestsModel, RequestsThreads)
+
+
+def declared(backend) -> list[facets.Step]:
+    return sorted((s for s in facets.all_steps().values() if s.facet in backend.capabilities),
+                  key=lambda s: s.name)
+
+
+def test_the_requests_facets_declare_their_steps() -> None:
+    steps = facets.all_steps()
+    for name in ("set_request_bit", "kvm_request_needs_ipi", "kvm_vcpu_exiting_guest_mode", "kvm_vcpu_wake_up",
+                 "send_ipi", "kvm_vcpu_check_block", "request_no_action", "request_no_wakeup",
+                 "kvm_for_each_vcpu", "kvm_make_vcpu_request"):
+        assert name in steps, name
+    ops = facets.all_ops()
+    for step in steps.values():
+        assert step.name not in ops, f"{step.name} is both an operation and a step"
+        assert step.kernel and step.doc, step.name
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_both_backends_implement_every_declared_step(backend) -> None:
+    machine = backend.machine_class
+    generator_style = machine.execution == "generator"
+    for step in declared(backend):
+        method = getattr(machine, step.name, None)
+        assert method is not None, f"{backend.name} lacks step {step.name} of facet {step.facet}"
+        params = list(inspect.signature(method).parameters)
+        assert params[0] == "self" and tuple(params[1:]) == step.args, \
+            f"{backend.name}.{step.name}{tuple(params[1:])} != declared {step.args}"
+        # A step with scheduling points is a generator in the generator model, a plain call elsewhere.
+        assert inspect.isgeneratorfunction(method) == (generator_style and step.points), \
+            f"{backend.name}.{step.name}: points={step.points} but generator={inspect.isgeneratorfunction(method)}"
+
+
+def test_both_backends_support_the_same_steps() -> None:
+    ref, thr = ({s.name for s in declared(b)} for b in BACKENDS)
+    shared = set(ReferenceBackend.capabilities) & set(ThreadedBackend.capabilities)
+    both = {s.name for s in facets.all_steps().values() if s.facet in shared}
+    assert both <= ref and both <= thr
+
+
+@pytest.mark.parametrize("mixin", VOCABULARY_MIXINS, ids=lambda m: m.__name__)
+def test_everything_outside_the_vocabulary_is_private(mixin: type) -> None:
+    public = {n for n, v in vars(mixin).items() if callable(v) and not n.startswith("_")}
+    vocabulary = set(facets.all_ops()) | set(facets.all_steps())
+    stray = {n for n in public - vocabulary if not n.startswith(("init_", "observe_"))}
+    assert not stray, f"{mixin.__name__} has public methods outside its facets' vocabulary: {sorted(stray)}"
+
+
+def test_a_step_override_with_other_parameters_is_an_error() -> None:
+    class Wrong(ReferenceMachine):
+        def kvm_request_needs_ipi(self, vcpu):  # the step takes (v, req)
+            return 0, False
+
+    errors, _ = problems(running(Wrong, "wrong"))
+    assert any("Wrong.kvm_request_needs_ipi must take (v, req) as the step it overrides" in e for e in errors), errors
+
+
+def test_a_generator_override_of_a_step_that_returns_at_once_is_an_error() -> None:
+    class Yields(ThreadedMachine):
+        def request_no_wakeup(self, req):
+            yield  # the threaded steps are plain calls
+
+    errors, _ = problems(running(Yields, "yields"))
+    assert any("Yields.request_no_wakeup is a generator" in e for e in errors), errors
+
+
+def test_an_override_under_a_former_name_warns_with_the_step() -> None:
+    class Old(ReferenceMachine):
+        def _set_request_bit(self, v, req):
+            yield from ()
+
+        def kvm_vcpu_wakeup(self, v):
+            return False
+
+    errors, warnings = problems(running(Old, "old"))
+    assert not errors
+    assert any("Old._set_request_bit overrides nothing: the bundled backends call that step 'set_request_bit'"
+               in w for w in warnings), warnings
+    assert any("Old.kvm_vcpu_wakeup overrides nothing" in w and "did you mean 'kvm_vcpu_wake_up'" in w
+               for w in warnings), warnings
+
+
+def test_a_backend_of_its_own_is_not_held_to_the_bundled_steps() -> None:
+    # Steps are what the bundled backends share; a backend written from scratch names its own helpers.
+    class Own(FacetMachine):
+        def set_request_bit(self, anything):
+            return anything
+
+    backend = running(Own, "own", ReferenceBackend())
+    backend.capabilities = frozenset()
+    assert problems(backend) == ([], [])
