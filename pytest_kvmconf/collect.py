@@ -11,6 +11,7 @@ from hypothesis import settings
 
 from . import replay as replays
 from .conformance import why_not
+from .engine import guard
 from .engine.explore import CouldNotDecide, NothingReached, ViolationFound, explore, replay
 from .engine.runner import RunOptions
 from .errors import BackendFault, EvalError, ExprError, Finding, KvmconfError, ReplayError
@@ -63,6 +64,10 @@ class GuaranteeItem(pytest.Item):
         if reason:
             # The skip points at the guarantee in its spec file, not at this line.
             raise pytest.skip.Exception(reason, _use_item_location=True)
+        with guard.watching(g.id, backend):
+            self._run(run, g, backend)
+
+    def _run(self, run: RunState, g: Guarantee, backend: Any) -> None:
         options = RunOptions(run.doc_version, free=run.free, point_timeout=run.point_timeout,
                              memory_model=run.memory_model)
         if run.replay is not None:

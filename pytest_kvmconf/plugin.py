@@ -287,19 +287,32 @@ pytest_cmdline_main = conformance.pytest_cmdline_main  # --kvm-list
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    from .engine import workers
+    from .engine import leftover, workers
 
     left = workers.abandoned()
     if left:
         terminalreporter.write_line(
             f"kvmconf: {len(left)} backend thread(s) abandoned after a hang are still running: "
             f"{', '.join(left)} (daemon threads: they do not keep pytest from exiting)", yellow=True)
+    theirs = leftover.report()
+    if theirs:
+        terminalreporter.write_line(
+            f"kvmconf: {len(theirs)} thread(s) a backend started are still running: {'; '.join(theirs)}. "
+            "pytest exits without waiting for them (see pytest_kvmconf.engine.leftover)", yellow=True)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from .engine import leftover
+
+    leftover.note_session(session)  # its exit status, should the exit guard end the process
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from .engine import workers
+    from .engine import leftover, workers
 
     workers.shutdown()  # no pooled worker outlives the session
+    leftover.release()  # nor does a non-daemon thread a backend left running hold up the exit
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

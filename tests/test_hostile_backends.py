@@ -4,6 +4,7 @@ method, a hang is stopped within the point timeout, nothing is left behind, and 
 from __future__ import annotations
 
 import os
+import signal
 import textwrap
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import settings
 
 from pytest_kvmconf import Point
-from pytest_kvmconf.engine import workers
+from pytest_kvmconf.engine import guard, leftover, workers
 from pytest_kvmconf.engine.explore import explore
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule
 from pytest_kvmconf.engine.schedule import Schedule
@@ -101,6 +102,45 @@ def test_a_generator_backend_that_blocks_forever_is_interrupted_as_a_hang() -> N
     assert "no progress for 0.5 s" in msg and "gate.wait()" in msg and "interrupted" in msg, msg
     assert seen == [threading.get_ident()]  # unwound on this very thread: nothing left behind
     assert not gate.is_set()
+
+
+def test_around_a_guarantee_the_handler_is_held_once_and_a_blocking_run_is_still_interrupted() -> None:
+    found = signal.getsignal(guard.HANG_SIGNAL)
+    gate, seen = threading.Event(), []
+    with guard.watching("TOY-01", Backend()):
+        held = signal.getsignal(guard.HANG_SIGNAL)
+        assert held is not found
+        assert run_schedule(_g(), Backend(), schedule(), RunOptions("6.18")).violation is None
+        assert signal.getsignal(guard.HANG_SIGNAL) is held  # a run does not install it again
+        out = run_schedule(_g(), blocking_backend(gate, seen), schedule(), RunOptions("6.18", point_timeout=0.5))
+        assert out.violation is not None and out.violation.kind == "hang" and "gate.wait()" in out.violation.message
+        assert run_schedule(_g(), Backend(), schedule(), RunOptions("6.18")).violation is None
+    assert signal.getsignal(guard.HANG_SIGNAL) == found  # put back as found
+
+
+def test_threads_a_backend_leaves_running_are_recorded_with_their_position() -> None:
+    stop = threading.Event()
+    earlier = threading.Thread(target=stop.wait, name="started-before", daemon=True)
+    earlier.start()
+
+    def parked() -> None:
+        stop.wait()
+
+    try:
+        with leftover.recording("TOY-01", "'bad'"):
+            threading.Thread(target=parked, name="left-running", daemon=True).start()
+            threading.Thread(target=lambda: None, name="ended").start()
+            time.sleep(0.05)
+        lines = [line for line in leftover.report() if "TOY-01" in line]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("'left-running' (daemon; left by backend 'bad' in TOY-01, at "
+                                   "test_hostile_backends.py:") and lines[0].endswith(" in parked)"), lines
+    finally:
+        stop.set()
+    deadline = time.monotonic() + 10
+    while any("TOY-01" in line for line in leftover.report()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any("TOY-01" in line for line in leftover.report())  # ended threads are forgotten
 
 
 def test_off_the_main_thread_a_blocking_generator_run_is_abandoned_on_a_worker() -> None:
@@ -195,6 +235,109 @@ def test_pytest_exits_when_a_backend_hangs_for_good(pytester: pytest.Pytester, f
     text = result.stdout.str()
     assert "hang" in text and ("interrupted" if factory == "blocks" else "abandoned") in text, text
     assert "Traceback" not in text and "INTERNALERROR" not in text, text
+
+
+STRANDING = textwrap.dedent('''
+    import atexit
+    import sys
+    import threading
+    from pytest_kvmconf import Point
+    from pytest_kvmconf.facets.requests import KVM_REQUEST_MASK
+    from pytest_kvmconf.spec.versions import VersionRange
+
+    atexit.register(lambda: sys.stderr.write("the backend's atexit handler ran\\n"))
+
+    def helper_waits_forever(gate):
+        gate.wait()  # nobody sets it
+
+    def strand(name):
+        threading.Thread(target=helper_waits_forever, args=(threading.Event(),), name=name, daemon=False).start()
+
+    class Correct:
+        execution = "generator"
+        def __init__(self, config):
+            self.requests = set()
+        def run_op(self, ctx, op, args):
+            return getattr(self, op)(**args)
+        def kvm_make_request(self, req, vcpu, state=None):
+            self.requests.add(req & KVM_REQUEST_MASK)
+            yield Point("set_bit(req, &vcpu->requests)")
+        def observe(self):
+            return {"vcpus": [{"requests": frozenset(self.requests)}]}
+        def close(self):
+            pass
+
+    class Lingers(Correct):
+        """Correct, but its first machine starts a non-daemon helper that nothing ever stops."""
+        started = []
+        def __init__(self, config):
+            super().__init__(config)
+            if not Lingers.started:
+                Lingers.started.append(strand("lingering-helper"))
+
+    class Strands(Correct):
+        """Thread-style: the operation starts a non-daemon helper, then blocks for good."""
+        execution = "threads"
+        def kvm_make_request(self, req, vcpu, state=None):
+            strand("stranded-helper")
+            threading.Event().wait()
+
+    class Backend:
+        description = "leaves a non-daemon thread running"
+        capabilities = frozenset({"requests"})
+        archs = frozenset({"x86_64"})
+        doc_versions = VersionRange("4.13")
+        def __init__(self, machine):
+            self.machine, self.name = machine, machine.__name__.lower()
+        def new_machine(self, config):
+            return self.machine(config)
+
+    def lingers():
+        return Backend(Lingers)
+
+    def strands():
+        return Backend(Strands)
+''')
+
+USER_THREAD = textwrap.dedent('''
+    import pathlib
+    import threading
+    import time
+
+    def test_starts_a_slow_non_daemon_thread():
+        def finish():
+            time.sleep(1.5)
+            pathlib.Path("user-thread-finished").write_text("yes")
+        threading.Thread(target=finish, name="users-own").start()
+''')
+
+
+@pytest.mark.parametrize("factory, helper, ret", [
+    ("lingers", "lingering-helper", pytest.ExitCode.OK),
+    ("strands", "stranded-helper", pytest.ExitCode.TESTS_FAILED),
+])
+def test_pytest_exits_when_a_backend_leaves_a_non_daemon_thread_behind(
+        pytester: pytest.Pytester, factory: str, helper: str, ret: pytest.ExitCode) -> None:
+    """Python joins every non-daemon thread at exit: one a backend left blocked forever held up
+    pytest for good. Now it is named with its position, pytest's exit status is kept, atexit
+    handlers run, and the user's own non-daemon thread is still waited for."""
+    pytester.makepyfile(stranding=STRANDING, test_user=USER_THREAD)
+    (pytester.path / "bad.toml").write_text(SPEC)
+    pytester.syspathinsert()
+    start = time.monotonic()
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--kvm-backend=stranding:{factory}", "--kvm-no-bundled-specs",
+        "--kvm-specs=bad.toml", "--kvm-point-timeout=0.5", "--kvm-profile=quick", "-k", "TOY-01 or user",
+        "test_user.py", timeout=120)
+    assert time.monotonic() - start < 120
+    assert result.ret == ret, result.stdout.str()
+    out, err = result.stdout.str(), result.stderr.str()
+    assert f"'{helper}' (non-daemon; left by backend '{factory}' in TOY-01, at stranding.py:" in out, out
+    assert "in helper_waits_forever" in out, out
+    assert "exiting without waiting for 1 non-daemon thread(s)" in err and helper in err, err
+    assert "the backend's atexit handler ran" in err, err
+    assert (pytester.path / "user-thread-finished").read_text() == "yes"
+    assert "Traceback" not in out + err and "INTERNALERROR" not in out, out + err
 
 
 # -- backend methods that raise or return the wrong type -------------------------------------

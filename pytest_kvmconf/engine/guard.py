@@ -8,6 +8,9 @@ engine makes into it outside an operation is checked, and a generator backend's 
 * :func:`watched`: a generator backend's schedule is watched with the same wall-clock bound as
   thread backends (``point_timeout`` without progress), so a backend blocking or looping forever
   is reported as a hang, with its stack, and unwound (or, off the main thread, abandoned).
+* :func:`watching`: around all the runs of one guarantee (its search or replay), the hang
+  signal's handler is installed once, not per run, and the threads the backend leaves running
+  are recorded (:mod:`.leftover` names them and keeps them from holding up the exit).
 * :class:`Census`: threads and fds around a guarantee's search; a backend that leaves some
   behind per machine is reported as a fault of the backend.
 """
@@ -20,11 +23,13 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from ..backend import Backend, Machine, MachineConfig
 from ..errors import BackendFault, BackendHang, KvmconfError
+from . import leftover
 from .workers import Job
 
 #: Stack frames of a hung generator run shown in its report.
@@ -111,8 +116,9 @@ def watched(run: Callable[[], None], progress: Progress, timeout: float, what: s
 
     On the main thread (pytest's) it runs right here, watched by one watchdog thread that,
     seeing no progress, interrupts it with a signal whose handler raises BackendHang: a blocking
-    wait or a loop in the backend is unwound, nothing is left behind, and the normal path pays
-    two attribute writes and two sigaction calls per run. Elsewhere (no signals there) it runs
+    wait or a loop in the backend is unwound and nothing is left behind. Inside :func:`watching`
+    the normal path pays three attribute writes per run; outside it, also the two sigaction
+    calls that install and restore the handler (3.5 us). Elsewhere (no signals there) it runs
     on a pooled worker the engine waits for; a hung worker is abandoned (a daemon that takes no
     further job)."""
     if threading.current_thread() is threading.main_thread():
@@ -153,8 +159,11 @@ HANG_SIGNAL = signal.SIGRTMIN + 4
 
 class _Watchdog:
     """One daemon thread per process watching the main thread's current generator run. It samples
-    every ``timeout`` seconds and never needs waking per run, so a run costs two attribute writes
-    and two sigaction calls; after a few idle samples it parks until the next run."""
+    every ``timeout`` seconds and never needs waking per run; after a few idle samples it parks
+    until the next run. A run costs three attribute writes while :meth:`handler` holds the
+    signal's handler (pytest holds it around each guarantee); a run outside it installs and
+    restores the handler itself, two sigaction calls that were the whole measurable cost of the
+    watch when every run paid them."""
 
     IDLE_SAMPLES = 4
 
@@ -165,12 +174,32 @@ class _Watchdog:
         self.parked = False
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
+        #: the hang signal's handler is ours (inside handler()): runs need not install it
+        self.held = False
+
+    @contextmanager
+    def handler(self) -> Iterator[None]:
+        """Hold the hang signal's handler for a stretch of runs, then put back the one found.
+        A hang signal that arrives between runs is ignored (there is no run to interrupt)."""
+        if self.held or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(HANG_SIGNAL, self._interrupt)
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+            signal.signal(HANG_SIGNAL, previous)
 
     def run_here(self, run: Callable[[], None], progress: Progress, timeout: float, what: str) -> None:
+        if not self.held:
+            with self.handler():
+                self.run_here(run, progress, timeout, what)
+            return
         if self.thread is None or not self.thread.is_alive():
             self.thread = threading.Thread(target=self._loop, name="kvmconf-watchdog", daemon=True)
             self.thread.start()
-        previous = signal.signal(HANG_SIGNAL, self._interrupt)
         self.report = None
         self.runs += 1
         self.current = (progress, timeout, what)
@@ -180,7 +209,6 @@ class _Watchdog:
             run()
         finally:
             self.current = None
-            signal.signal(HANG_SIGNAL, previous)
 
     def _interrupt(self, signum: int, frame: Any) -> None:
         report, self.report = self.report, None
@@ -229,6 +257,14 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
+@contextmanager
+def watching(gid: str, backend: Any) -> Iterator[None]:
+    """Around all the runs of one guarantee: the hang signal's handler is held once for them, and
+    the threads the backend starts and leaves running are recorded for :mod:`.leftover`."""
+    with _WATCHDOG.handler(), leftover.recording(gid, _name(backend)):
+        yield
+
+
 def _fds() -> int:
     try:
         return len(os.listdir("/proc/self/fd"))
@@ -237,8 +273,8 @@ def _fds() -> int:
 
 
 def _threads() -> set[threading.Thread]:
-    # The engine's own pooled workers come and go; what the backend starts is what counts.
-    return {t for t in threading.enumerate() if not t.name.startswith(("kvmconf-worker", "kvmconf:"))}
+    # The engine's own threads (pooled workers, the watchdog) come and go; what the backend starts counts.
+    return {t for t in threading.enumerate() if not leftover.engine_thread(t)}
 
 
 class Census:
