@@ -8,19 +8,29 @@ same fixed schedules in the same run, over every guarantee the backends can chec
 1. conditions: every check of every spec evaluated on the final states of the schedules,
    by the compiled closures (spec/expr.py) and, with ``--base DIR`` (a checkout from before
    the change), by the old tree walker of DIR/pytest_kvmconf/spec/expr.py;
-2. reference backend: run_schedule with the generator run watched for hangs (the default: a
-   watchdog thread and a signal, see engine/guard.py) against the same run unwatched; and the
+2. reference backend: run_schedule with the generator run watched for hangs as pytest runs it
+   (a watchdog thread and a signal, see engine/guard.py; the signal's handler held once per
+   guarantee by guard.watching), watched by a caller outside guard.watching (the handler
+   installed and restored around every run: two sigaction calls), and unwatched; and the
    watch's own cost per run, measured around an empty run (the whole-run figures are noisy on
    a shared machine, this one is not);
 3. threaded backend: pooled workers reused across schedules (the default, WORKER_IDLE > 0)
    against a fresh OS thread per spec thread and schedule (WORKER_IDLE = 0).
+
+The variants run in interleaved rounds in alternating order (--rounds, default 10); each row
+shows the median CPU per schedule over the rounds, the range of the rounds, and the median of
+the per-round ratios to the first row: on a loaded 2-core machine single rounds of the same
+variant differ by 10 % and more, so one round's ratio says little.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib.util
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -109,33 +119,42 @@ def bench_conditions(gs: list, n: int, base: Path | None) -> None:
               f"   compiled/old = {cpu / cpu0:.2f}")
 
 
-def bench_runs(label: str, backend, gs: list, n: int, variants: dict) -> None:
+def bench_runs(label: str, backend, gs: list, n: int, variants: dict, rounds: int) -> None:
+    """``variants``: name -> (setup, undo, per_guarantee); per_guarantee runs each guarantee's
+    schedules inside guard.watching, as pytest does."""
     drawn = {g.id: schedules(g, n) for g in gs}
-    print(f"{label}: {sum(map(len, drawn.values()))} schedules over {len(gs)} guarantees")
-    results = {}
-    for round_ in range(4):  # interleaved rounds in alternating order: load and warm-up hit all alike
+    total = sum(map(len, drawn.values()))
+    print(f"{label}: {total} schedules over {len(gs)} guarantees, {rounds} rounds")
+
+    def run_all(per_guarantee: bool) -> None:
+        for g in gs:
+            with guard.watching(g.id, backend) if per_guarantee else contextlib.nullcontext():
+                for s in drawn[g.id]:
+                    run_schedule(g, backend, s, RunOptions(VERSION))
+
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for round_ in range(rounds):  # interleaved rounds in alternating order: load and warm-up hit all alike
         order = list(variants.items())
-        for name, (setup, undo) in (order if round_ % 2 == 0 else order[::-1]):
+        for name, (setup, undo, per_guarantee) in (order if round_ % 2 == 0 else order[::-1]):
             setup()
             try:
-                cpu, wall = timed(lambda: [run_schedule(g, backend, s, RunOptions(VERSION))
-                                           for g in gs for s in drawn[g.id]])
+                results[name].append(timed(functools.partial(run_all, per_guarantee)))
             finally:
                 undo()
-            c0, w0 = results.get(name, (0.0, 0.0))
-            results[name] = (c0 + cpu, w0 + wall)
-    total = 4 * sum(map(len, drawn.values()))
-    first = None
+    first = next(iter(variants))
     for name in variants:
-        cpu, wall = results[name]
-        first = first or cpu
-        print(f"  {name:<34} {cpu / total * 1e6:8.0f} us CPU per schedule ({wall / total * 1e6:.0f} wall)"
-              f"   x{cpu / first:.2f}")
+        cpus = [c / total * 1e6 for c, _ in results[name]]
+        walls = [w / total * 1e6 for _, w in results[name]]
+        ratios = [c / c0 for (c, _), (c0, _) in zip(results[name], results[first])]
+        print(f"  {name:<44} {statistics.median(cpus):6.0f} us CPU per schedule "
+              f"(rounds {min(cpus):.0f}-{max(cpus):.0f}; wall {statistics.median(walls):.0f})"
+              f"   x{statistics.median(ratios):.3f} (rounds x{min(ratios):.2f}-x{max(ratios):.2f})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=50, help="schedules per guarantee")
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds per variant")
     ap.add_argument("--base", type=Path, default=None, help="a checkout from before the change (old evaluator)")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cpus\n")
@@ -156,11 +175,15 @@ def main() -> None:
 
     progress, empty, n = guard.Progress(), (lambda: None), 50_000
     cpu, _ = timed(lambda: [watched(empty, progress, 5.0, "empty") for _ in range(n)])
-    print(f"hang watch around a generator run: {cpu / n * 1e6:.1f} us CPU per run (empty run)\n")
+    with guard.watching("empty", reference):
+        held, _ = timed(lambda: [watched(empty, progress, 5.0, "empty") for _ in range(n)])
+    print(f"hang watch around a generator run (empty run): {held / n * 1e6:.1f} us CPU per run inside "
+          f"guard.watching, {cpu / n * 1e6:.1f} us outside it (the handler installed per run)\n")
     bench_runs("reference", reference, gs, args.examples, {
-        "watched generator run (default)": (lambda: None, lambda: None),
-        "direct, unwatched": (use_direct, restore),
-    })
+        "watched, handler per guarantee (pytest)": (lambda: None, lambda: None, True),
+        "watched, handler per run (outside watching)": (lambda: None, lambda: None, False),
+        "direct, unwatched": (use_direct, restore, False),
+    }, args.rounds)
     print()
     idle = workers.WORKER_IDLE
 
@@ -171,9 +194,9 @@ def main() -> None:
         workers.WORKER_IDLE = idle
 
     bench_runs("threaded", threaded, checkable(threaded), max(5, args.examples // 2), {
-        "pooled workers (default)": (lambda: None, lambda: None),
-        "a fresh OS thread per spec thread": (fresh, reset),
-    })
+        "pooled workers (default)": (lambda: None, lambda: None, True),
+        "a fresh OS thread per spec thread": (fresh, reset, True),
+    }, max(2, args.rounds // 2))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from pytest_kvmconf.backend import ThreadContext  # noqa: E402
 from pytest_kvmconf.backends.reference import ReferenceBackend  # noqa: E402
 from pytest_kvmconf.backends.threaded import ThreadedBackend  # noqa: E402
+from pytest_kvmconf.engine import guard  # noqa: E402
 from pytest_kvmconf.engine.controlled import ControlledHandle, Group  # noqa: E402
 from pytest_kvmconf.engine.explore import FREE_ITERATIONS  # noqa: E402
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule  # noqa: E402
@@ -63,9 +64,10 @@ def timed(g, backend, drawn: list, options: RunOptions, repeat: int = 1) -> tupl
     an example is (free mode: FREE_ITERATIONS), and the scheduling steps taken."""
     steps = 0
     start = time.process_time()
-    for s in drawn:
-        for _ in range(repeat):
-            steps += len(run_schedule(g, backend, s, options).timeline)
+    with guard.watching(g.id, backend):  # as pytest runs a guarantee
+        for s in drawn:
+            for _ in range(repeat):
+                steps += len(run_schedule(g, backend, s, options).timeline)
     return time.process_time() - start, steps
 
 
