@@ -49,7 +49,8 @@ def resolve(name: Path | str) -> Path:
     """A path as given, or a shipped file's when ``name`` is a bare name such as ``linux``."""
     path = Path(name)
     shipped = SHIPPED / f"{path.name}.toml"
-    if not path.suffix and len(path.parts) == 1 and not path.exists() and shipped.is_file():
+    # (no test of the suffix: a shipped name may hold a dot, e.g. linux-pre-6.4)
+    if len(path.parts) == 1 and not path.exists() and shipped.is_file():
         return shipped
     return path
 

@@ -1,8 +1,10 @@
-"""A backend that behaves as Linux does where Linux and the documents part ways.
+"""Backends that behave as Linux does where Linux and the documents part ways.
 
 Variants of the reference model, each overriding one rule to follow the kernel function it names
-(read in Linux v6.12), so that the tests can show that every spec holds on such a kernel except the
-entries of the shipped expectation file pytest_kvmconf/known/linux.toml, each of which it violates.
+(read in Debian's Linux 6.12.117 and, for the rules before 6.4, 6.1.192), so that the tests can show
+that every spec holds on such a kernel except the entries of the shipped expectation files, each of
+which it violates: pytest_kvmconf/known/linux.toml for ``linux-like`` (6.4 and later), and that file
+with known/linux-pre-6.4.toml for ``linux-like-pre-6.4``.
 It has no ``userspace_obligations`` capability: a KVM does not refuse what only userspace must avoid.
 """
 
@@ -41,8 +43,21 @@ class LinuxVmWideTimers(ReferenceMachine):
         return vm.vcpus[0].vtimer, vm.vcpus[0].ptimer
 
 
+class LinuxPerVcpuTimerBusy(ReferenceMachine):
+    """Before v6.4, kvm_arm_timer_set_attr() (arch/arm64/kvm/arch_timer.c) refused with -EBUSY only
+    when this vCPU's timer was enabled (vcpu->arch.timer_cpu.enabled: kvm_timer_enable() on its own
+    first KVM_RUN); 8a5eb2d21080 (6.4) made the refusal VM-wide."""
+
+    def _timer_irqs_immutable(self, c: ArmVcpu) -> bool:
+        return c.has_run
+
+
 class LinuxLikeMachine(LinuxPmuIrq, LinuxVmWideTimers):
-    """Every Linux variant at once."""
+    """Every rule of Linux 6.4 and later at once."""
+
+
+class LinuxPre64Machine(LinuxPmuIrq, LinuxPerVcpuTimerBusy):
+    """Every rule of Linux before 6.4 at once (a vCPU created later keeps the default timers)."""
 
 
 class LinuxLikeBackend(ReferenceBackend):
@@ -52,5 +67,11 @@ class LinuxLikeBackend(ReferenceBackend):
     machine_class: type = LinuxLikeMachine
 
 
+class LinuxLikePre64Backend(LinuxLikeBackend):
+    name = "linux-like-pre-6.4"
+    description = "the reference model where it agrees with Linux before 6.4, Linux's rules where they differ"
+    machine_class: type = LinuxPre64Machine
+
+
 def pytest_kvmconf_backends() -> dict[str, type]:
-    return {"linux-like": LinuxLikeBackend}
+    return {"linux-like": LinuxLikeBackend, "linux-like-pre-6.4": LinuxLikePre64Backend}

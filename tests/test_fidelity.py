@@ -8,6 +8,7 @@ is shown to be wrong against a model of what the kernel does, or too weak to cat
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -104,13 +105,20 @@ from tests.linux_like import pytest_kvmconf_backends  # noqa: F401
 '''
 
 
-def test_linux_like_backend_fails_exactly_the_shipped_linux_entries(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(("backend", "files"), [("linux-like", ("linux",)),
+                                                ("linux-like-pre-6.4", ("linux", "linux-pre-6.4"))])
+def test_linux_like_backend_fails_exactly_the_shipped_linux_entries(
+        pytester: pytest.Pytester, backend: str, files: tuple[str, ...]) -> None:
     from pytest_kvmconf.expectations import SHIPPED, load, resolve
 
-    assert resolve("linux") == SHIPPED / "linux.toml"
-    listed = sorted(load(SHIPPED / "linux.toml"))
+    listed = []
+    for name in files:
+        assert resolve(name) == SHIPPED / f"{name}.toml"
+        listed += load(SHIPPED / f"{name}.toml")
+    listed.sort()
     pytester.makeconftest(LINUX_CONFTEST)
-    common = ("-p", "no:cacheprovider", "--kvm-backend=linux-like", "--kvm-expect=linux", "-rxXfE", "-q")
+    common = ("-p", "no:cacheprovider", f"--kvm-backend={backend}", *(f"--kvm-expect={f}" for f in files),
+              "-rxXfE", "-q")
     # Every other spec holds (a quick run: the backend is the reference but for a few rules) ...
     # (In a subprocess: hypothesis' settings profile is process-wide, and other tests load theirs.)
     rest = pytester.runpytest_subprocess(*common, "--kvm-profile=quick", "-k", " and ".join(f"not {g}" for g in listed))
@@ -376,3 +384,14 @@ def test_mp_09b_checks_what_the_guest_reads(tmp_path: Path) -> None:
     g = as_it_was(tmp_path, "MP-09.b", "api-mp-state.toml",
                   'final = "regs is not None and regs.x0 == PSCI_RET_NOT_SUPPORTED"', 'final = "True"')
     assert run(g, silent) is None  # no exit was all it checked
+
+
+def test_every_shipped_linux_entry_cites_a_kernel_function_and_commit() -> None:
+    from pytest_kvmconf.expectations import SHIPPED, load
+
+    files = sorted(SHIPPED.glob("linux*.toml"))
+    assert {f.stem for f in files} == {"linux", "linux-pre-6.4"}
+    for f in files:
+        for exp in load(f).values():
+            assert re.search(r"\b[a-z_0-9]+\(\)", exp.reason), f"{f.name} {exp.id}: no kernel function"
+            assert re.search(r"\b[0-9a-f]{12}\b", exp.reason), f"{f.name} {exp.id}: no commit id"

@@ -305,9 +305,9 @@ class LockingModel:
 
     @locking_op
     def set_nx_huge_pages(self, ctx: ThreadContext) -> Steps:
-        """arch/x86/kvm/mmu/mmu.c set_nx_huge_pages() (since b8e8c8303ff2, v5.4): kvm->slots_lock
-        nested inside kvm_lock, so kvm_lock is not a leaf although locking.rst orders only
-        cpus_read_lock() outside it."""
+        """arch/x86/kvm/mmu/mmu.c set_nx_huge_pages() (b8e8c8303ff2, "kvm: mmu: ITLB_MULTIHIT
+        mitigation"; read in 6.1 and 6.12): kvm->slots_lock nested inside kvm_lock, so kvm_lock is
+        not a leaf although locking.rst orders only cpus_read_lock() outside it."""
         yield from self._lock(ctx, "kvm_lock")
         self._access(ctx, "vm_list", False, "list_for_each_entry(kvm, &vm_list, vm_list)")
         for _ in list(self.vm_list):
