@@ -28,7 +28,8 @@ from .bite import BUDGET, applicable, guarantees, model_ids, verdict
 from .broken.locking import VARIANTS, backend
 
 LOCK_IDS = model_ids("LOCK-")
-TEXTS = ("6.8", "6.12", "6.18")
+# Every release at which section 1 or 3 changed (6.13 and 6.15 changed section 2 only), and the newest.
+TEXTS = ("6.1", "6.2", "6.3", "6.8", "6.12", "6.18")
 
 
 @pytest.mark.parametrize("gid,version", [(g, v) for g in LOCK_IDS for v in TEXTS
@@ -59,9 +60,9 @@ def test_every_lock_guarantee_has_a_broken_variant() -> None:
 def test_lock_02_and_08_follow_the_document_version() -> None:
     g = guarantees()
     assert [v for v in TEXTS if g["LOCK-02"].versions.contains(v)] == ["6.12", "6.18"]
-    assert [v for v in TEXTS if g["LOCK-02.a"].versions.contains(v)] == ["6.8"]
+    assert [v for v in TEXTS if g["LOCK-02.a"].versions.contains(v)] == ["6.3", "6.8"]
     assert [v for v in TEXTS if g["LOCK-08"].versions.contains(v)] == ["6.12", "6.18"]
-    assert [v for v in TEXTS if g["LOCK-08.a"].versions.contains(v)] == ["6.8"]
+    assert [v for v in TEXTS if g["LOCK-08.a"].versions.contains(v)] == ["6.3", "6.8"]
     # The model follows the text: the 6.8 path counts users under kvm_lock, the 6.12 one under kvm_usage_lock.
     for version, lock in (("6.8", "kvm_lock"), ("6.12", "kvm_usage_lock")):
         m = ReferenceBackend().new_machine(_config(version))

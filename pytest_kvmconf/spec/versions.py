@@ -52,11 +52,25 @@ DOCUMENT_TEXTS: dict[str, tuple[DocumentText, ...]] = {
                      "from VCPU'; with af130d0adc8e (-EFAULT, -EEXIST added) in the same release"),
     ),
     "locking.rst": (
+        DocumentText("6.1", None, "the oldest locking.rst text in the tree (Debian's 6.1.192): kvm_count_lock "
+                     "guards hardware enabling; the SRCU rule is one item of the acquisition orders"),
+        DocumentText("6.2", "3a9ae31ac26a", "Documentation: kvm: fix SRCU locking order docs: 'For SRCU', "
+                     "synchronize_srcu() is called inside kvm->lock, vcpu->mutex and kvm->slots_lock; with "
+                     "310bc39546a4 (KVM: x86/xen: Avoid deadlock by adding kvm->arch.xen.xen_lock leaf node lock), "
+                     "both in the KVM fixes pulled after 6.2-rc3"),
+        DocumentText("6.3", "0bf50497f03b", "KVM: Drop kvm_count_lock and instead protect kvm_usage_count with "
+                     "kvm_lock: 'cpus_read_lock() is taken outside kvm_lock', kvm_lock protects kvm_usage_count; "
+                     "vendor_module_lock documented"),
         DocumentText("6.8", "250ce1b4d21a", "KVM: x86/mmu: always take tdp_mmu_pages_lock: critical "
                      "sections of tdp_mmu_pages_lock and mmu_unsync_pages_lock must also take mmu_lock"),
         DocumentText("6.12", "44d174596260", "KVM: Use dedicated mutex to protect kvm_usage_count to avoid "
                      "deadlock: kvm_usage_lock, taken outside cpus_read_lock(), protects kvm_usage_count; "
                      "with 'KVM: Register cpuhp and syscore callbacks when enabling hardware'"),
+        DocumentText("6.13", "5f6a3badbb74", "KVM: x86/mmu: Mark page/folio accessed only when zapping leaf SPTEs: "
+                     "the 'Dirty bit tracking' example races in mmu_spte_update(), the lost Dirty bit is a missed "
+                     "TLB flush"),
+        DocumentText("6.15", "61d65f2dc766", "KVM: x86/mmu: Don't force atomic update if only the Accessed bit is "
+                     "volatile: spte_has_volatile_bits() becomes spte_needs_atomic_update()"),
     ),
     "api-mp-state-system-event.rst": (
         DocumentText("4.13", None, "the KVM_{GET,SET}_MP_STATE, KVM_EXIT_SYSTEM_EVENT and immediate_exit "
