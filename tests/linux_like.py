@@ -46,7 +46,9 @@ class LinuxVmWideTimers(ReferenceMachine):
 class LinuxPerVcpuTimerBusy(ReferenceMachine):
     """Before v6.4, kvm_arm_timer_set_attr() (arch/arm64/kvm/arch_timer.c) refused with -EBUSY only
     when this vCPU's timer was enabled (vcpu->arch.timer_cpu.enabled: kvm_timer_enable() on its own
-    first KVM_RUN); 8a5eb2d21080 (6.4) made the refusal VM-wide."""
+    first KVM_RUN); 8a5eb2d21080 (6.4) made the refusal VM-wide. The model's other rules already
+    behave as set_timer_irqs() and kvm_timer_enable() did then: a setting reaches every vCPU, and
+    only a vCPU's first run checks its timer PPIs."""
 
     def _timer_irqs_immutable(self, c: ArmVcpu) -> bool:
         return c.has_run

@@ -21,8 +21,8 @@ tests/test_fidelity.py against tests/linux_like.py, a variant behaving as Linux 
 * a vCPU created after a timer interrupt was set gets the defaults (Linux before 6.4); since 6.4
   Linux keeps the timer interrupts VM-wide. The document is silent, and ATTR-11 checks neither;
 * a timer interrupt is refused once any vCPU has run (ATTR-08, the document; Linux since 6.4),
-  where Linux before 6.4 refused it only on a vCPU that had itself run:
-  pytest_kvmconf/known/linux-pre-6.4.toml lists it.
+  where Linux before 6.4 refused it only on a vCPU that had itself run (and so let a vCPU that
+  ran be given the same PPI twice, ATTR-10): pytest_kvmconf/known/linux-pre-6.4.toml lists both.
 """
 
 from __future__ import annotations
