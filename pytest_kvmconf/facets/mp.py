@@ -74,6 +74,21 @@ PSCI_SUSPEND_CONTEXT = 0x5EED
 
 EINTR, ENXIO, EAGAIN, EINVAL = 4, 6, 11, 22
 
+
+def run_result(ret: int, exit_reason: int, system_event: int | None = None, port: int | None = None) -> dict:
+    """What kvm_run returns: the ioctl's value and the kvm_run fields a VMM reads."""
+    return {"ret": ret, "exit_reason": exit_reason, "system_event": system_event, "port": port}
+
+
+class Block:
+    """A step's answer that KVM_RUN has nothing to do until a signal or (``wakes``) a wake-up
+    event is pending: the bundled backends sleep on it (``mp_sleep_ends`` says when to stop)."""
+
+    __slots__ = ("label", "wakes")
+
+    def __init__(self, label: str, wakes: bool):
+        self.label, self.wakes = label, wakes
+
 #: Guest programs (machine option ``program``). x86 backends run them as real-mode
 #: code; an injected NMI makes an x86 guest do port I/O to port 0x11 (KVM_EXIT_IO).
 GUEST_PROGRAMS = {
@@ -225,6 +240,53 @@ mp.op("kvm_check_extension", [Arg("cap", "int")], "int",
       "KVM_CHECK_EXTENSION on the VM fd: 0 when the capability is not offered, >0 when it is.")
 mp.op("kvm_enable_cap", [Arg("cap", "int")], "int",
       "KVM_ENABLE_CAP on the VM (no arguments): 0, or -errno (-EINVAL for an unknown capability).")
+
+# The overridable steps of the bundled backends (a step's ``v`` is the backend's per-vCPU MP state).
+# A KVM_RUN step returns (result, None) to return from KVM_RUN, (None, Block) to sleep, or
+# (None, None) to decide again at once.
+mp.step("initial_mp_state", ("vcpu",), "int", "kvm_arch_vcpu_create() (x86: kvm_vcpu_is_reset_bsp())",
+        "The MP state a new vCPU starts in: x86 APs of a VM with the in-kernel LAPIC wait for "
+        "INIT/SIPI (UNINITIALIZED), every other vCPU is RUNNABLE.")
+mp.step("mp_state_valid", ("state",), "bool", "the checks of kvm_arch_vcpu_ioctl_set_mpstate()",
+        "Whether KVM_SET_MP_STATE takes @state on this architecture (x86: the [x86] states need the "
+        "in-kernel LAPIC).")
+mp.step("store_mp_state", ("v", "state"), "none", "kvm_arch_vcpu_ioctl_set_mpstate()",
+        "Store an accepted state (x86: SIPI_RECEIVED is INIT_RECEIVED plus a pending SIPI).")
+mp.step("read_mp_state", ("v",), "int",
+        "kvm_arch_vcpu_ioctl_get_mpstate() (x86: kvm_apic_accept_events() first)",
+        "The state KVM_GET_MP_STATE reports, after processing a pending SIPI.")
+mp.step("kvm_vm_ioctl_check_extension", ("cap",), "int", "kvm_vm_ioctl_check_extension()",
+        "What KVM_CHECK_EXTENSION returns for @cap (KVM_ENABLE_CAP also asks it).")
+mp.step("enter_kvm_run", ("v",), "(int, bool)", "kvm_vcpu_ioctl(KVM_RUN) entering kvm_arch_vcpu_ioctl_run()",
+        "The thread is inside KVM_RUN and polls immediate_exit, as one step. Returns (which KVM_RUN "
+        "call this is, whether immediate_exit makes it return at once).")
+mp.step("kvm_run_immediate_exit", ("v",), "bool", "kvm_run->immediate_exit in kvm_arch_vcpu_ioctl_run()",
+        "The one poll of immediate_exit when KVM_RUN starts.")
+mp.step("signal_pending", ("v",), "bool", "signal_pending(current) in the run loop",
+        "A pending signal makes KVM_RUN return -EINTR (KVM_EXIT_INTR).")
+mp.step("signal_wake_up", ("v",), "none", "signal_wake_up() of the vCPU thread",
+        "The kick signal stays pending only while the thread is in KVM_RUN; in userspace its "
+        "handler runs at once.")
+mp.step("mp_sleep_ends", ("v", "wakes"), "bool", "kvm_vcpu_check_block() (signal_pending(), "
+        "kvm_arch_vcpu_runnable())", "What ends a KVM_RUN sleep: a pending signal, or a wake-up event "
+        "where @wakes says one counts.")
+mp.step("kvm_run_step", ("v",), "(result, Block)", "one turn of vcpu_run() / kvm_arch_vcpu_ioctl_run()",
+        "One decision of the vCPU inside KVM_RUN: signal_pending first, then the architecture's step.")
+mp.step("kvm_run_step_x86", ("v",), "(result, Block)", "x86 vcpu_run(), vcpu_block()",
+        "INIT/SIPI waits, HALTED, NMIs taken at entry, then the guest program.")
+mp.step("kvm_run_step_arm", ("v",), "(result, Block)", "arm64/riscv kvm_arch_vcpu_ioctl_run()",
+        "STOPPED, SUSPENDED (WFI until a wake-up event), then the guest program.")
+mp.step("guest_program", ("v",), "(result, Block)", "the guest code (not KVM)",
+        "The RUNNABLE vCPU runs its guest program until its next exit or sleep.")
+mp.step("kvm_emulate_halt", ("v",), "bool", "x86 kvm_emulate_halt()",
+        "HLT: with the in-kernel irqchip the vCPU becomes HALTED and blocks (true); without it "
+        "KVM_EXIT_HLT, the MP state left to userspace.")
+mp.step("suspend_wakeup_exit", ("v",), "none", "arm64 kvm_arm_vcpu_suspend(): the WAKEUP exit",
+        "A wake-up event for a SUSPENDED vCPU: exit to userspace, the vCPU stays SUSPENDED.")
+mp.step("system_event_type", ("program",), "int", "the type kvm_prepare_system_event() reports",
+        "The KVM_SYSTEM_EVENT_* type this architecture's KVM reports for the guest's request.")
+mp.step("kvm_prepare_system_event", ("v", "event"), "none", "arm64 kvm_prepare_system_event()",
+        "arm64/riscv: a SHUTDOWN or RESET request stops every vCPU; nothing is destroyed.")
 
 mp.observables.update({
     "mp": "list of the vCPUs; mp[i] has mp_state (last value KVM_GET_MP_STATE returned or "

@@ -36,37 +36,37 @@ EIO = 5
 class HaltedReadAsStopped(ReferenceMachine):
     """x86 KVM_GET_MP_STATE reports a HALTED vCPU as KVM_MP_STATE_STOPPED (not an x86 value)."""
 
-    def _mp_read(self, v: MpVcpu) -> int:
-        state = super()._mp_read(v)
+    def read_mp_state(self, v: MpVcpu) -> int:
+        state = super().read_mp_state(v)
         return KVM_MP_STATE_STOPPED if state == KVM_MP_STATE_HALTED else state
 
 
 class ApReadAsLoad(ReferenceMachine):
     """x86 KVM_GET_MP_STATE reports an application processor waiting for INIT as the s390 LOAD state."""
 
-    def _mp_read(self, v: MpVcpu) -> int:
-        state = super()._mp_read(v)
+    def read_mp_state(self, v: MpVcpu) -> int:
+        state = super().read_mp_state(v)
         return 8 if state == KVM_MP_STATE_UNINITIALIZED else state
 
 
 class ApStartsRunnable(ReferenceMachine):
     """x86 with an in-kernel irqchip: application processors start RUNNABLE, as if INIT had come."""
 
-    def _mp_initial_state(self, vcpu: int) -> int:
+    def initial_mp_state(self, vcpu: int) -> int:
         return KVM_MP_STATE_RUNNABLE
 
 
 class IrqchipStatesRefused(ReferenceMachine):
     """KVM_SET_MP_STATE refuses every [x86] state but RUNNABLE even with the in-kernel LAPIC."""
 
-    def _mp_accepts(self, state: int) -> bool:
-        return state == KVM_MP_STATE_RUNNABLE if self.mp_arch == "x86_64" else super()._mp_accepts(state)
+    def mp_state_valid(self, state: int) -> bool:
+        return state == KVM_MP_STATE_RUNNABLE if self.mp_arch == "x86_64" else super().mp_state_valid(state)
 
 
 class SetAcceptsAnyState(ReferenceMachine):
     """KVM_SET_MP_STATE takes any number, even ones the architecture has no such state for."""
 
-    def _mp_accepts(self, state: int) -> bool:
+    def mp_state_valid(self, state: int) -> bool:
         return True
 
 
@@ -74,7 +74,7 @@ class RejectedSetStillStores(ReferenceMachine):
     """KVM_SET_MP_STATE fails with EINVAL but has already stored the state."""
 
     def kvm_set_mp_state(self, ctx: ThreadContext, vcpu: int, state: int) -> Steps:
-        if not self._mp_accepts(state):
+        if not self.mp_state_valid(state):
             self.mp_vcpus[vcpu].state = state
         return (yield from super().kvm_set_mp_state(ctx, vcpu, state))
 
@@ -82,107 +82,107 @@ class RejectedSetStillStores(ReferenceMachine):
 class SetRefusesInitReceived(ReferenceMachine):
     """x86 KVM_SET_MP_STATE refuses INIT_RECEIVED and SIPI_RECEIVED even with the in-kernel irqchip."""
 
-    def _mp_accepts(self, state: int) -> bool:
-        return state not in (KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_SIPI_RECEIVED) and super()._mp_accepts(state)
+    def mp_state_valid(self, state: int) -> bool:
+        return state not in (KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_SIPI_RECEIVED) and super().mp_state_valid(state)
 
 
 class HltExitsWithIrqchip(ReferenceMachine):
     """x86 HLT exits to userspace (KVM_EXIT_HLT) even with the in-kernel irqchip."""
 
-    def _mp_x86_halt(self, v: MpVcpu) -> bool:
+    def kvm_emulate_halt(self, v: MpVcpu) -> bool:
         return False
 
 
 class HltWithoutIrqchipSetsHalted(ReferenceMachine):
     """Without an in-kernel irqchip KVM exits on HLT but also moves the vCPU to HALTED itself."""
 
-    def _mp_x86_halt(self, v: MpVcpu) -> bool:
+    def kvm_emulate_halt(self, v: MpVcpu) -> bool:
         if not self.mp_irqchip:
             v.state = KVM_MP_STATE_HALTED
-        return super()._mp_x86_halt(v)
+        return super().kvm_emulate_halt(v)
 
 
 class IgnoresImmediateExit(ReferenceMachine):
     """KVM_RUN does not poll immediate_exit: a kick sent before the vCPU thread enters KVM_RUN is lost."""
 
-    def _mp_takes_immediate_exit(self, v: MpVcpu) -> bool:
+    def kvm_run_immediate_exit(self, v: MpVcpu) -> bool:
         return False
 
 
 class SignalIgnoredWhileHalted(ReferenceMachine):
     """A signal does not bring a HALTED vCPU out of KVM_RUN (the halt loop ignores signal_pending)."""
 
-    def _mp_signal_interrupts(self, v: MpVcpu) -> bool:
+    def signal_pending(self, v: MpVcpu) -> bool:
         if v.signal_pending and v.state == KVM_MP_STATE_HALTED:
             v.signal_pending = False
             return False
-        return super()._mp_signal_interrupts(v)
+        return super().signal_pending(v)
 
 
 class SignalWakesHalted(ReferenceMachine):
     """A signal makes a HALTED vCPU RUNNABLE on its way out of KVM_RUN."""
 
-    def _mp_signal_interrupts(self, v: MpVcpu) -> bool:
+    def signal_pending(self, v: MpVcpu) -> bool:
         if v.signal_pending and v.state == KVM_MP_STATE_HALTED:
             v.state = KVM_MP_STATE_RUNNABLE
-        return super()._mp_signal_interrupts(v)
+        return super().signal_pending(v)
 
 
 class ImmediateExitAfterGuestEntry(ReferenceMachine):
     """immediate_exit is honoured only after the guest has run a little."""
 
-    def _mp_takes_immediate_exit(self, v: MpVcpu) -> bool:
+    def kvm_run_immediate_exit(self, v: MpVcpu) -> bool:
         if v.immediate_exit and v.state == KVM_MP_STATE_RUNNABLE:
             v.progress += 1
-        return super()._mp_takes_immediate_exit(v)
+        return super().kvm_run_immediate_exit(v)
 
 
 class Arm64RefusesSuspended(ReferenceMachine):
     """arm64 KVM_SET_MP_STATE refuses SUSPENDED (the 4.13 rule kept after 5.19)."""
 
-    def _mp_accepts(self, state: int) -> bool:
+    def mp_state_valid(self, state: int) -> bool:
         if self.mp_arch == "arm64":
             return state in arm64_mp_states("4.13")
-        return super()._mp_accepts(state)
+        return super().mp_state_valid(state)
 
 
 class RiscvAcceptsSuspended(ReferenceMachine):
     """riscv KVM_SET_MP_STATE also takes arm64's SUSPENDED."""
 
-    def _mp_accepts(self, state: int) -> bool:
-        return super()._mp_accepts(state) or (self.mp_arch == "riscv" and state == KVM_MP_STATE_SUSPENDED)
+    def mp_state_valid(self, state: int) -> bool:
+        return super().mp_state_valid(state) or (self.mp_arch == "riscv" and state == KVM_MP_STATE_SUSPENDED)
 
 
 class Arm64AcceptsSuspendedIn413(ReferenceMachine):
     """Checked against the 4.13 text, arm64 accepts SUSPENDED, which that text does not allow."""
 
-    def _mp_accepts(self, state: int) -> bool:
+    def mp_state_valid(self, state: int) -> bool:
         if self.mp_arch == "arm64":
             return state in arm64_mp_states("6.18")
-        return super()._mp_accepts(state)
+        return super().mp_state_valid(state)
 
 
 class SuspendedRunsGuest(ReferenceMachine):
     """A SUSPENDED arm64 vCPU runs its guest like a RUNNABLE one (no WFI emulation)."""
 
-    def _mp_step_arm(self, v: MpVcpu) -> tuple[dict | None, Any]:
+    def kvm_run_step_arm(self, v: MpVcpu) -> tuple[dict | None, Any]:
         if v.state == KVM_MP_STATE_SUSPENDED and not v.wakeup_pending:
-            return self._mp_program(v)
-        return super()._mp_step_arm(v)
+            return self.guest_program(v)
+        return super().kvm_run_step_arm(v)
 
 
 class WakeupMakesRunnable(ReferenceMachine):
     """On the WAKEUP exit KVM makes the vCPU RUNNABLE itself."""
 
-    def _mp_wakeup(self, v: MpVcpu) -> None:
+    def suspend_wakeup_exit(self, v: MpVcpu) -> None:
         v.state = KVM_MP_STATE_RUNNABLE
 
 
 class WakeupReportedAsSuspend(ReferenceMachine):
     """The wake-up exit carries KVM_SYSTEM_EVENT_SUSPEND instead of KVM_SYSTEM_EVENT_WAKEUP."""
 
-    def _mp_step_arm(self, v: MpVcpu) -> tuple[dict | None, Any]:
-        result, wait = super()._mp_step_arm(v)
+    def kvm_run_step_arm(self, v: MpVcpu) -> tuple[dict | None, Any]:
+        result, wait = super().kvm_run_step_arm(v)
         if result is not None and result["system_event"] == KVM_SYSTEM_EVENT_WAKEUP:
             result = {**result, "system_event": KVM_SYSTEM_EVENT_SUSPEND}
         return result, wait
@@ -191,7 +191,7 @@ class WakeupReportedAsSuspend(ReferenceMachine):
 class WakeupConsumedByExit(ReferenceMachine):
     """The WAKEUP exit consumes the event: the next KVM_RUN waits although the interrupt is still pending."""
 
-    def _mp_wakeup(self, v: MpVcpu) -> None:
+    def suspend_wakeup_exit(self, v: MpVcpu) -> None:
         v.wakeup_pending = False
 
 
@@ -205,16 +205,16 @@ class SuppressIgnored(ReferenceMachine):
 class RunnableAfterWakeupIgnored(ReferenceMachine):
     """KVM_SET_MP_STATE(RUNNABLE) of a SUSPENDED vCPU returns 0 but the vCPU stays SUSPENDED."""
 
-    def _mp_store(self, v: MpVcpu, state: int) -> None:
+    def store_mp_state(self, v: MpVcpu, state: int) -> None:
         if not (state == KVM_MP_STATE_RUNNABLE and v.state == KVM_MP_STATE_SUSPENDED):
-            super()._mp_store(v, state)
+            super().store_mp_state(v, state)
 
 
 class SuspendClobbersArguments(ReferenceMachine):
     """KVM writes a PSCI return value into x0 before the SUSPEND exit (the function id is gone)."""
 
-    def _mp_program(self, v: MpVcpu) -> tuple[dict | None, Any]:
-        result, wait = super()._mp_program(v)
+    def guest_program(self, v: MpVcpu) -> tuple[dict | None, Any]:
+        result, wait = super().guest_program(v)
         if result is not None and result["system_event"] == KVM_SYSTEM_EVENT_SUSPEND:
             v.regs["x0"] = 0
         return result, wait
@@ -231,8 +231,8 @@ class SuspendExitWithoutCapability(ReferenceMachine):
 class SuspendIgnoredReturnsSuccess(ReferenceMachine):
     """With the capability off, PSCI SYSTEM_SUSPEND makes no exit, but the guest reads SUCCESS (0)."""
 
-    def _mp_program(self, v: MpVcpu):
-        result = super()._mp_program(v)
+    def guest_program(self, v: MpVcpu):
+        result = super().guest_program(v)
         if v.regs.get("x0") == PSCI_RET_NOT_SUPPORTED:
             v.regs["x0"] = 0
         return result
@@ -241,29 +241,29 @@ class SuspendIgnoredReturnsSuccess(ReferenceMachine):
 class SystemSuspendOnEveryArch(ReferenceMachine):
     """KVM_CAP_ARM_SYSTEM_SUSPEND is offered and can be enabled on x86 too."""
 
-    def _mp_capability(self, cap: int) -> int:
-        return 1 if cap == KVM_CAP_ARM_SYSTEM_SUSPEND else super()._mp_capability(cap)
+    def kvm_vm_ioctl_check_extension(self, cap: int) -> int:
+        return 1 if cap == KVM_CAP_ARM_SYSTEM_SUSPEND else super().kvm_vm_ioctl_check_extension(cap)
 
 
 class SystemSuspendNotOffered(ReferenceMachine):
     """arm64 does not offer KVM_CAP_ARM_SYSTEM_SUSPEND."""
 
-    def _mp_capability(self, cap: int) -> int:
-        return 0 if cap == KVM_CAP_ARM_SYSTEM_SUSPEND else super()._mp_capability(cap)
+    def kvm_vm_ioctl_check_extension(self, cap: int) -> int:
+        return 0 if cap == KVM_CAP_ARM_SYSTEM_SUSPEND else super().kvm_vm_ioctl_check_extension(cap)
 
 
 class ResetReportedAsShutdown(ReferenceMachine):
     """A reset request is reported with type KVM_SYSTEM_EVENT_SHUTDOWN."""
 
-    def _mp_event_type(self, program: str) -> int:
-        return KVM_SYSTEM_EVENT_SHUTDOWN if program == "system_reset" else super()._mp_event_type(program)
+    def system_event_type(self, program: str) -> int:
+        return KVM_SYSTEM_EVENT_SHUTDOWN if program == "system_reset" else super().system_event_type(program)
 
 
 class SystemEventDestroysVcpu(ReferenceMachine):
     """After a system event the vCPU is gone: KVM_RUN and KVM_GET_MP_STATE fail with EIO."""
 
-    def _mp_system_event(self, v: MpVcpu, event: int) -> None:
-        super()._mp_system_event(v, event)
+    def kvm_prepare_system_event(self, v: MpVcpu, event: int) -> None:
+        super().kvm_prepare_system_event(v, event)
         self.mp_dead = True
 
     def kvm_run(self, ctx: ThreadContext, vcpu: int) -> Steps:
@@ -286,8 +286,8 @@ class CrashDestroysVcpu(SystemEventDestroysVcpu):
 class CrashReportedAsShutdown(ReferenceMachine):
     """x86: a Hyper-V crash report is reported with type KVM_SYSTEM_EVENT_SHUTDOWN."""
 
-    def _mp_event_type(self, program: str) -> int:
-        return KVM_SYSTEM_EVENT_SHUTDOWN if program == "crash" else super()._mp_event_type(program)
+    def system_event_type(self, program: str) -> int:
+        return KVM_SYSTEM_EVENT_SHUTDOWN if program == "crash" else super().system_event_type(program)
 
 
 def backend(machine: type) -> ReferenceBackend:

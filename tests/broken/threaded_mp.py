@@ -10,7 +10,7 @@ show (a missing ``notify``): free runs report them as lost wake-ups.
 from __future__ import annotations
 
 from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
-from pytest_kvmconf.backends.threaded.mp import Block, MpVcpu
+from pytest_kvmconf.backends.threaded.mp import MpVcpu
 from pytest_kvmconf.facets.mp import KVM_MP_STATE_HALTED, mp_states
 from pytest_kvmconf.scheduling import point
 
@@ -38,21 +38,19 @@ def backend(name: str) -> ThreadedBackend:
 @variant(("MP-03.a", "6.18"), ("MP-04.a", "6.18"), ("MP-03.a", "4.13"),
          doc="a HALTED vCPU's kvm_vcpu_block() waits for an interrupt only: a signal does not end it")
 class HaltIgnoresSignal(ThreadedMachine):
-    def _mp_step(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
-        if v.state == KVM_MP_STATE_HALTED:
-            return self._mp_step_x86(v)  # no signal_pending() check first
-        return super()._mp_step(v)
+    def signal_pending(self, v: MpVcpu) -> bool:
+        return v.state != KVM_MP_STATE_HALTED and super().signal_pending(v)
 
-    def _mp_wakes(self, v: MpVcpu, wakes: bool) -> bool:
+    def mp_sleep_ends(self, v: MpVcpu, wakes: bool) -> bool:
         if v.state == KVM_MP_STATE_HALTED:
             return wakes and v.wakeup_pending
-        return super()._mp_wakes(v, wakes)
+        return super().mp_sleep_ends(v, wakes)
 
 
 @variant(("MP-02", "6.18"), ("MP-05.a", "6.18"), ("MP-05.b", "6.18"), ("MP-05.c", "4.13"),
          doc="KVM_SET_MP_STATE accepts every state the document defines, whatever the architecture")
 class SetAcceptsAnyDefinedState(ThreadedMachine):
-    def _mp_accepts(self, state: int) -> bool:
+    def mp_state_valid(self, state: int) -> bool:
         return state in mp_states(self.config.doc_version)
 
 
@@ -60,7 +58,7 @@ class SetAcceptsAnyDefinedState(ThreadedMachine):
          doc="KVM_RUN polls immediate_exit before the thread counts as inside it: a signal in "
              "between runs the userspace handler and the kick is lost")
 class ImmediateExitPolledEarly(ThreadedMachine):
-    def _mp_enter(self, v: MpVcpu) -> tuple[int, bool]:
+    def enter_kvm_run(self, v: MpVcpu) -> tuple[int, bool]:
         immediate = v.immediate_exit != 0
         point("KVM_RUN: read kvm_run->immediate_exit")
         with v.lock:
@@ -76,7 +74,7 @@ class SignalWithoutNotify(ThreadedMachine):
         v = self.mp_vcpus[vcpu]
         with v.lock:
             v.signals += 1
-            self._mp_on_signal(v)  # no v.wq.notify_all()
+            self.signal_wake_up(v)  # no v.wq.notify_all()
         point(f"pthread_kill(vcpu{vcpu} thread)")
 
 

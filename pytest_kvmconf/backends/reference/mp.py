@@ -5,8 +5,9 @@ The scheduling points are the userspace-visible ones: the write of
 ``immediate_exit``, the signal, the entry into KVM_RUN (where the kernel polls
 ``immediate_exit`` once) and KVM_RUN's return. Inside KVM_RUN the vCPU either
 returns or waits (idle) for what would make it return: a signal, or a wake-up
-event. Each rule is a small method named after what it decides, so a broken
-variant in tests/broken/mp.py overrides exactly one.
+event. Each rule is a small method, a step of the facet's vocabulary
+(:mod:`pytest_kvmconf.facets.mp`, the same names as in the threaded backend), so
+a broken variant in tests/broken/mp.py overrides exactly one.
 
 Deviation from Linux, on purpose: kvm_arch_vcpu_ioctl_set_mpstate() (arch/x86/kvm/x86.c) also
 refuses INIT_RECEIVED and SIPI_RECEIVED while INIT is blocked (SMM, VMX non-root or GIF=0) or an
@@ -54,8 +55,10 @@ from ...facets.mp import (
     PSCI_SUSPEND_CONTEXT,
     PSCI_SUSPEND_ENTRY,
     SYSTEM_EVENT_PROGRAMS,
+    Block,
     arm64_mp_states,
     riscv_mp_states,
+    run_result,
     system_event_program_error,
 )
 from ...scheduling import Point, Wait
@@ -97,10 +100,6 @@ class MpVcpu:
         }
 
 
-def run_result(ret: int, exit_reason: int, system_event: int | None = None, port: int | None = None) -> dict:
-    return {"ret": ret, "exit_reason": exit_reason, "system_event": system_event, "port": port}
-
-
 class MpModel:
     """Facet mixin: mp."""
 
@@ -114,7 +113,7 @@ class MpModel:
         if why:
             raise ValueError(why)
         self.mp_system_suspend = False
-        self.mp_vcpus = [MpVcpu(i, state=self._mp_initial_state(i)) for i in range(config.vcpus)]
+        self.mp_vcpus = [MpVcpu(i, state=self.initial_mp_state(i)) for i in range(config.vcpus)]
 
     def observe_mp(self) -> dict[str, Any]:
         return {
@@ -124,13 +123,13 @@ class MpModel:
         }
 
     # -- rules ------------------------------------------------------------------
-    def _mp_initial_state(self, vcpu: int) -> int:
+    def initial_mp_state(self, vcpu: int) -> int:
         """x86: application processors of a VM with an in-kernel irqchip wait for INIT/SIPI."""
         if self.mp_arch == "x86_64" and self.mp_irqchip and vcpu != 0:
             return KVM_MP_STATE_UNINITIALIZED
         return KVM_MP_STATE_RUNNABLE
 
-    def _mp_accepts(self, state: int) -> bool:
+    def mp_state_valid(self, state: int) -> bool:
         """Which states KVM_SET_MP_STATE takes (4.39; x86: the [x86] states need the in-kernel LAPIC)."""
         if self.mp_arch == "arm64":
             return state in arm64_mp_states(self.config.doc_version)
@@ -142,13 +141,13 @@ class MpModel:
                                              KVM_MP_STATE_HALTED, KVM_MP_STATE_SIPI_RECEIVED,
                                              KVM_MP_STATE_AP_RESET_HOLD)
 
-    def _mp_store(self, v: MpVcpu, state: int) -> None:
+    def store_mp_state(self, v: MpVcpu, state: int) -> None:
         if self.mp_arch == "x86_64" and state == KVM_MP_STATE_SIPI_RECEIVED:
             v.state, v.sipi_pending = KVM_MP_STATE_INIT_RECEIVED, True  # the SIPI is processed later
         else:
             v.state = state
 
-    def _mp_read(self, v: MpVcpu) -> int:
+    def read_mp_state(self, v: MpVcpu) -> int:
         """x86 KVM_GET_MP_STATE first processes a pending SIPI."""
         if v.sipi_pending:
             v.sipi_pending = False
@@ -156,7 +155,7 @@ class MpModel:
             v.pc = "start"
         return v.state
 
-    def _mp_capability(self, cap: int) -> int:
+    def kvm_vm_ioctl_check_extension(self, cap: int) -> int:
         if cap in (KVM_CAP_MP_STATE, KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_SYSTEM_EVENT_DATA):
             return 1
         if cap in (KVM_CAP_IRQCHIP, KVM_CAP_SIGNAL_MSI):
@@ -165,23 +164,27 @@ class MpModel:
             return int(self.mp_arch == "arm64")
         return 0
 
-    def _mp_takes_immediate_exit(self, v: MpVcpu) -> bool:
+    def kvm_run_immediate_exit(self, v: MpVcpu) -> bool:
         """KVM_RUN polls immediate_exit once, when it starts."""
         return v.immediate_exit != 0
 
-    def _mp_signal_interrupts(self, v: MpVcpu) -> bool:
+    def signal_pending(self, v: MpVcpu) -> bool:
         """A signal pending for the vCPU thread makes KVM_RUN return -EINTR (KVM_EXIT_INTR)."""
         return v.signal_pending
 
-    def _mp_on_signal(self, v: MpVcpu) -> None:
+    def mp_sleep_ends(self, v: MpVcpu, wakes: bool) -> bool:
+        """What ends a KVM_RUN sleep: a pending signal, or a wake-up event where one counts."""
+        return v.signal_pending or (wakes and v.wakeup_pending)
+
+    def signal_wake_up(self, v: MpVcpu) -> None:
         """The signal is pending only while the thread is in KVM_RUN; otherwise its handler ran."""
         if v.in_run:
             v.signal_pending = True
 
-    def _mp_wakeup(self, v: MpVcpu) -> None:
+    def suspend_wakeup_exit(self, v: MpVcpu) -> None:
         """arm64: a wake-up event for a SUSPENDED vCPU: exit, the vCPU stays SUSPENDED."""
 
-    def _mp_x86_halt(self, v: MpVcpu) -> bool:
+    def kvm_emulate_halt(self, v: MpVcpu) -> bool:
         """HLT: with the in-kernel irqchip KVM makes the vCPU HALTED and blocks; without it,
         KVM exits to userspace (KVM_EXIT_HLT) and leaves the MP state to userspace. True: blocks."""
         if self.mp_irqchip:
@@ -189,11 +192,11 @@ class MpModel:
             return True
         return False
 
-    def _mp_event_type(self, program: str) -> int:
+    def system_event_type(self, program: str) -> int:
         """The KVM_SYSTEM_EVENT_* type this architecture's KVM reports for the guest's request."""
         return SYSTEM_EVENT_PROGRAMS[self.mp_arch][program]
 
-    def _mp_system_event(self, v: MpVcpu, event: int) -> None:
+    def kvm_prepare_system_event(self, v: MpVcpu, event: int) -> None:
         """arm64/riscv: a SHUTDOWN or RESET request stops every vCPU; nothing is destroyed."""
         if event in (KVM_SYSTEM_EVENT_SHUTDOWN, KVM_SYSTEM_EVENT_RESET) and self.mp_arch != "x86_64":
             for w in self.mp_vcpus:
@@ -202,7 +205,7 @@ class MpModel:
     # -- operations --------------------------------------------------------------
     def kvm_get_mp_state(self, ctx: ThreadContext, vcpu: int) -> Steps:
         v = self.mp_vcpus[vcpu]
-        state = self._mp_read(v)
+        state = self.read_mp_state(v)
         v.seen = state
         v.reads.append(state)
         yield Point(f"KVM_GET_MP_STATE = {MP_STATE_NAMES.get(state, state)}")
@@ -210,10 +213,10 @@ class MpModel:
 
     def kvm_set_mp_state(self, ctx: ThreadContext, vcpu: int, state: int) -> Steps:
         v = self.mp_vcpus[vcpu]
-        if not self._mp_accepts(state):
+        if not self.mp_state_valid(state):
             yield Point(f"KVM_SET_MP_STATE({MP_STATE_NAMES.get(state, state)}) = -EINVAL")
             return -EINVAL
-        self._mp_store(v, state)
+        self.store_mp_state(v, state)
         v.seen = state
         yield Point(f"KVM_SET_MP_STATE({MP_STATE_NAMES.get(state, state)}) = 0")
         return 0
@@ -233,7 +236,7 @@ class MpModel:
         v = self.mp_vcpus[vcpu]
         v.signals += 1
         inside = v.in_run
-        self._mp_on_signal(v)
+        self.signal_wake_up(v)
         yield Point(f"pthread_kill(vcpu{vcpu} thread): " + ("pending in KVM_RUN" if inside
                                                             else "not in KVM_RUN, the handler runs"))
 
@@ -257,12 +260,12 @@ class MpModel:
         yield Wait(f"wait until vcpu{vcpu} is in its KVM_RUN #{nth}", lambda: v.settled >= nth)
 
     def kvm_check_extension(self, ctx: ThreadContext, cap: int) -> Steps:
-        value = self._mp_capability(cap)
+        value = self.kvm_vm_ioctl_check_extension(cap)
         yield Point(f"KVM_CHECK_EXTENSION({cap}) = {value}")
         return value
 
     def kvm_enable_cap(self, ctx: ThreadContext, cap: int) -> Steps:
-        if cap == KVM_CAP_ARM_SYSTEM_SUSPEND and self._mp_capability(cap):
+        if cap == KVM_CAP_ARM_SYSTEM_SUSPEND and self.kvm_vm_ioctl_check_extension(cap):
             self.mp_system_suspend = True
             yield Point("KVM_ENABLE_CAP(KVM_CAP_ARM_SYSTEM_SUSPEND) = 0")
             return 0
@@ -272,21 +275,20 @@ class MpModel:
     # -- KVM_RUN -------------------------------------------------------------------
     def kvm_run(self, ctx: ThreadContext, vcpu: int) -> Steps:
         v = self.mp_vcpus[vcpu]
-        v.in_run = True
-        v.entries += 1
+        nth, immediate = self.enter_kvm_run(v)
         counted = False
-        if self._mp_takes_immediate_exit(v):
+        if immediate:
             result = run_result(-EINTR, v.exit_reason)
         else:
-            yield Point(f"ioctl(KVM_RUN) #{v.entries}: immediate_exit = 0")
+            yield Point(f"ioctl(KVM_RUN) #{nth}: immediate_exit = 0")
             result = None
             while result is None:
-                result, wait = self._mp_step(v)
-                if wait is not None:
+                result, block = self.kvm_run_step(v)
+                if block is not None:
                     if not counted:
                         counted = True
                         v.settled += 1
-                    yield wait
+                    yield Wait(block.label, lambda b=block: self.mp_sleep_ends(v, b.wakes), idle=True)
         v.in_run = False
         v.signal_pending = False
         v.runs += 1
@@ -298,21 +300,27 @@ class MpModel:
         yield Point(f"KVM_RUN returns {shown}, exit_reason {v.exit_reason}")
         return run_result(result["ret"], v.exit_reason, result["system_event"], result["port"])
 
-    def _mp_step(self, v: MpVcpu) -> tuple[dict | None, Wait | None]:
+    def enter_kvm_run(self, v: MpVcpu) -> tuple[int, bool]:
+        """The thread enters KVM_RUN, which polls immediate_exit once."""
+        v.in_run = True
+        v.entries += 1
+        return v.entries, self.kvm_run_immediate_exit(v)
+
+    def kvm_run_step(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
         """One decision of the vCPU inside KVM_RUN: a result, or a wait for what changes it."""
-        if self._mp_signal_interrupts(v):
+        if self.signal_pending(v):
             return run_result(-EINTR, KVM_EXIT_INTR), None
         if self.mp_arch == "x86_64":
-            return self._mp_step_x86(v)
-        return self._mp_step_arm(v)
+            return self.kvm_run_step_x86(v)
+        return self.kvm_run_step_arm(v)
 
-    def _mp_block(self, v: MpVcpu, label: str, wakes: bool) -> tuple[None, Wait]:
-        return None, Wait(label, lambda: v.signal_pending or (wakes and v.wakeup_pending), idle=True)
+    def _mp_block(self, v: MpVcpu, label: str, wakes: bool) -> tuple[None, Block]:
+        return None, Block(label, wakes)
 
-    def _mp_step_x86(self, v: MpVcpu) -> tuple[dict | None, Wait | None]:
+    def kvm_run_step_x86(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
         if v.state in (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_AP_RESET_HOLD):
             if v.sipi_pending:
-                self._mp_read(v)
+                self.read_mp_state(v)
                 return None, None
             if v.state == KVM_MP_STATE_UNINITIALIZED:
                 return self._mp_uninitialized(v)
@@ -329,12 +337,12 @@ class MpModel:
             v.pc = "in_handler"
             return run_result(0, KVM_EXIT_IO, port=X86_NMI_PORT), None
         if v.pc == "in_handler":
-            if self._mp_x86_halt(v):
+            if self.kvm_emulate_halt(v):
                 return None, None
             return run_result(0, KVM_EXIT_HLT), None
-        return self._mp_program(v)
+        return self.guest_program(v)
 
-    def _mp_uninitialized(self, v: MpVcpu) -> tuple[dict | None, Wait | None]:
+    def _mp_uninitialized(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
         """kvm_arch_vcpu_ioctl_run() (arch/x86/kvm/x86.c) of an UNINITIALIZED AP: kvm_vcpu_block()
         until something makes it runnable (here an NMI, which stays pending and so ends every later
         block at once), then -EAGAIN unless a signal is pending."""
@@ -342,17 +350,17 @@ class MpModel:
             return run_result(-EAGAIN, v.exit_reason), None  # kvm_run->exit_reason untouched
         return self._mp_block(v, "KVM_MP_STATE_UNINITIALIZED: kvm_vcpu_block() until an event", True)
 
-    def _mp_step_arm(self, v: MpVcpu) -> tuple[dict | None, Wait | None]:
+    def kvm_run_step_arm(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
         if v.state == KVM_MP_STATE_STOPPED:
             return self._mp_block(v, "STOPPED: waits", False)
         if v.state == KVM_MP_STATE_SUSPENDED:
             if v.wakeup_pending:
-                self._mp_wakeup(v)
+                self.suspend_wakeup_exit(v)
                 return run_result(0, KVM_EXIT_SYSTEM_EVENT, KVM_SYSTEM_EVENT_WAKEUP), None
             return self._mp_block(v, "SUSPENDED: WFI until a wake-up event", True)
-        return self._mp_program(v)
+        return self.guest_program(v)
 
-    def _mp_program(self, v: MpVcpu) -> tuple[dict | None, Wait | None]:
+    def guest_program(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
         """The RUNNABLE vCPU runs its guest program."""
         program = self.mp_program
         if v.pc == "after_event" or program == "busy":
@@ -361,7 +369,7 @@ class MpModel:
         if program == "hlt":
             v.progress += 1
             if self.mp_arch == "x86_64":
-                if self._mp_x86_halt(v):
+                if self.kvm_emulate_halt(v):
                     return None, None
                 return run_result(0, KVM_EXIT_HLT), None
             if v.wakeup_pending:  # WFI completes; the guest reports it by MMIO
@@ -382,8 +390,8 @@ class MpModel:
                 return run_result(0, KVM_EXIT_SYSTEM_EVENT, KVM_SYSTEM_EVENT_SUSPEND), None
             v.regs["x0"] = PSCI_RET_NOT_SUPPORTED  # KVM answers the call itself
             return None, None
-        event = self._mp_event_type(program)
+        event = self.system_event_type(program)
         v.progress += 1
         v.pc = "after_event"
-        self._mp_system_event(v, event)
+        self.kvm_prepare_system_event(v, event)
         return run_result(0, KVM_EXIT_SYSTEM_EVENT, event), None

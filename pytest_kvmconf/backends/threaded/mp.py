@@ -24,7 +24,8 @@ Locking, as in KVM:
 
 The rules (which states each architecture accepts, what a guest program does,
 when KVM_RUN returns) are the reference model's (:mod:`..reference.mp`),
-written here over the vCPU's own structures; the scheduling points carry the
+written here over the vCPU's own structures, as the same steps (the facet's
+vocabulary, :mod:`pytest_kvmconf.facets.mp`); the scheduling points carry the
 same labels so a schedule replays step for step on both backends.
 
 Deviation from Linux, on purpose: kvm_arch_vcpu_ioctl_set_mpstate() (arch/x86/kvm/x86.c) also
@@ -74,8 +75,10 @@ from ...facets.mp import (
     PSCI_SUSPEND_CONTEXT,
     PSCI_SUSPEND_ENTRY,
     SYSTEM_EVENT_PROGRAMS,
+    Block,
     arm64_mp_states,
     riscv_mp_states,
+    run_result,
     system_event_program_error,
 )
 from ...scheduling import point
@@ -85,20 +88,6 @@ X86_NMI_PORT = 0x11
 PIO_PORT = 0x10
 #: x86 states in which a vCPU waits for INIT/SIPI instead of running.
 X86_WAIT_FOR_SIPI = (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_AP_RESET_HOLD)
-
-
-def run_result(ret: int, exit_reason: int, system_event: int | None = None, port: int | None = None) -> dict:
-    """What kvm_run returns: the ioctl's value and the kvm_run fields a VMM reads."""
-    return {"ret": ret, "exit_reason": exit_reason, "system_event": system_event, "port": port}
-
-
-class Block:
-    """KVM_RUN has nothing to do until a signal or (``wakes``) a wake-up event is pending."""
-
-    __slots__ = ("label", "wakes")
-
-    def __init__(self, label: str, wakes: bool):
-        self.label, self.wakes = label, wakes
 
 
 class MpVcpu:
@@ -157,7 +146,7 @@ class MpThreads:
         #: kvm->lock: KVM_ENABLE_CAP changes the VM's configuration under it.
         self.mp_vm_lock = threading.Lock()
         self.mp_system_suspend = False
-        self.mp_vcpus = [MpVcpu(i, self._mp_initial_state(i)) for i in range(config.vcpus)]
+        self.mp_vcpus = [MpVcpu(i, self.initial_mp_state(i)) for i in range(config.vcpus)]
 
     def observe_mp(self) -> dict[str, Any]:
         return {
@@ -167,13 +156,13 @@ class MpThreads:
         }
 
     # -- rules (called with the vCPU's lock held where they touch it) -------------------
-    def _mp_initial_state(self, vcpu: int) -> int:
+    def initial_mp_state(self, vcpu: int) -> int:
         """x86 with the in-kernel LAPIC: application processors wait for INIT/SIPI."""
         if self.mp_arch == "x86_64" and self.mp_irqchip and vcpu != 0:
             return KVM_MP_STATE_UNINITIALIZED
         return KVM_MP_STATE_RUNNABLE
 
-    def _mp_accepts(self, state: int) -> bool:
+    def mp_state_valid(self, state: int) -> bool:
         """4.39: the states KVM_SET_MP_STATE takes (x86: the [x86] ones need the in-kernel LAPIC)."""
         if self.mp_arch == "arm64":
             return state in arm64_mp_states(self.config.doc_version)
@@ -185,14 +174,14 @@ class MpThreads:
                                              KVM_MP_STATE_HALTED, KVM_MP_STATE_SIPI_RECEIVED,
                                              KVM_MP_STATE_AP_RESET_HOLD)
 
-    def _mp_store(self, v: MpVcpu, state: int) -> None:
+    def store_mp_state(self, v: MpVcpu, state: int) -> None:
         """x86 turns SIPI_RECEIVED into INIT_RECEIVED plus a pending SIPI, processed later."""
         if self.mp_arch == "x86_64" and state == KVM_MP_STATE_SIPI_RECEIVED:
             v.state, v.sipi_pending = KVM_MP_STATE_INIT_RECEIVED, True
         else:
             v.state = state
 
-    def _mp_read(self, v: MpVcpu) -> int:
+    def read_mp_state(self, v: MpVcpu) -> int:
         """x86 KVM_GET_MP_STATE (and KVM_RUN) first process a pending SIPI."""
         if v.sipi_pending:
             v.sipi_pending = False
@@ -200,7 +189,7 @@ class MpThreads:
             v.pc = "start"
         return v.state
 
-    def _mp_capability(self, cap: int) -> int:
+    def kvm_vm_ioctl_check_extension(self, cap: int) -> int:
         if cap in (KVM_CAP_MP_STATE, KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_SYSTEM_EVENT_DATA,
                    KVM_CAP_IRQCHIP, KVM_CAP_SIGNAL_MSI):
             return 1
@@ -208,17 +197,17 @@ class MpThreads:
             return int(self.mp_arch == "arm64")
         return 0
 
-    def _mp_on_signal(self, v: MpVcpu) -> None:
+    def signal_wake_up(self, v: MpVcpu) -> None:
         """The kick signal stays pending only while the thread is inside KVM_RUN; in
         userspace its (no-op) handler runs at once and the signal is gone."""
         if v.in_run:
             v.signal_pending = True
 
-    def _mp_wakes(self, v: MpVcpu, wakes: bool) -> bool:
+    def mp_sleep_ends(self, v: MpVcpu, wakes: bool) -> bool:
         """What ends a KVM_RUN sleep: a pending signal, or a wake-up event where one counts."""
         return v.signal_pending or (wakes and v.wakeup_pending)
 
-    def _mp_x86_halt(self, v: MpVcpu) -> bool:
+    def kvm_emulate_halt(self, v: MpVcpu) -> bool:
         """HLT: with the in-kernel irqchip KVM makes the vCPU HALTED and blocks (True);
         without one it exits with KVM_EXIT_HLT and leaves the MP state to userspace."""
         if self.mp_irqchip:
@@ -226,7 +215,7 @@ class MpThreads:
             return True
         return False
 
-    def _mp_system_event(self, v: MpVcpu, event: int) -> None:
+    def kvm_prepare_system_event(self, v: MpVcpu, event: int) -> None:
         """arm64/riscv: SHUTDOWN and RESET stop every vCPU (nothing is destroyed). Each
         vCPU's state is written under its own lock; the caller holds none."""
         if event in (KVM_SYSTEM_EVENT_SHUTDOWN, KVM_SYSTEM_EVENT_RESET) and self.mp_arch != "x86_64":
@@ -238,7 +227,7 @@ class MpThreads:
     def kvm_get_mp_state(self, ctx: ThreadContext, vcpu: int) -> int:
         v = self.mp_vcpus[vcpu]
         with v.lock:
-            state = self._mp_read(v)
+            state = self.read_mp_state(v)
             v.seen = state
             v.reads.append(state)
         point(f"KVM_GET_MP_STATE = {MP_STATE_NAMES.get(state, state)}")
@@ -247,11 +236,11 @@ class MpThreads:
     def kvm_set_mp_state(self, ctx: ThreadContext, vcpu: int, state: int) -> int:
         v = self.mp_vcpus[vcpu]
         name = MP_STATE_NAMES.get(state, state)
-        if not self._mp_accepts(state):
+        if not self.mp_state_valid(state):
             point(f"KVM_SET_MP_STATE({name}) = -EINVAL")
             return -EINVAL
         with v.lock:
-            self._mp_store(v, state)
+            self.store_mp_state(v, state)
             v.seen = state
         point(f"KVM_SET_MP_STATE({name}) = 0")
         return 0
@@ -275,7 +264,7 @@ class MpThreads:
         with v.lock:  # signal_wake_up(): under the target's lock, so KVM_RUN cannot miss it
             v.signals += 1
             inside = v.in_run
-            self._mp_on_signal(v)
+            self.signal_wake_up(v)
             v.wq.notify_all()
         point(f"pthread_kill(vcpu{vcpu} thread): " + ("pending in KVM_RUN" if inside
                                                      else "not in KVM_RUN, the handler runs"))
@@ -304,12 +293,12 @@ class MpThreads:
         wait_on(v.settle, f"wait until vcpu{vcpu} is in its KVM_RUN #{nth}", lambda: v.settled >= nth)
 
     def kvm_check_extension(self, ctx: ThreadContext, cap: int) -> int:
-        value = self._mp_capability(cap)
+        value = self.kvm_vm_ioctl_check_extension(cap)
         point(f"KVM_CHECK_EXTENSION({cap}) = {value}")
         return value
 
     def kvm_enable_cap(self, ctx: ThreadContext, cap: int) -> int:
-        if cap == KVM_CAP_ARM_SYSTEM_SUSPEND and self._mp_capability(cap):
+        if cap == KVM_CAP_ARM_SYSTEM_SUSPEND and self.kvm_vm_ioctl_check_extension(cap):
             with self.mp_vm_lock:
                 self.mp_system_suspend = True
             point("KVM_ENABLE_CAP(KVM_CAP_ARM_SYSTEM_SUSPEND) = 0")
@@ -320,7 +309,7 @@ class MpThreads:
     # -- KVM_RUN, on the vCPU's thread ------------------------------------------------------
     def kvm_run(self, ctx: ThreadContext, vcpu: int) -> dict:
         v = self.mp_vcpus[vcpu]
-        nth, immediate = self._mp_enter(v)
+        nth, immediate = self.enter_kvm_run(v)
         counted = False
         if immediate:
             result = run_result(-EINTR, v.exit_reason)
@@ -340,14 +329,17 @@ class MpThreads:
         point(f"KVM_RUN returns {shown}, exit_reason {exit_reason}")
         return run_result(result["ret"], exit_reason, result["system_event"], result["port"])
 
-    def _mp_enter(self, v: MpVcpu) -> tuple[int, bool]:
+    def enter_kvm_run(self, v: MpVcpu) -> tuple[int, bool]:
         """The thread enters KVM_RUN, which polls immediate_exit once. Entering and the
         read are one step: a signal sent after a write of immediate_exit that came too
         late for the poll finds the thread inside KVM_RUN, so that kick is never lost."""
         with v.lock:
             v.in_run = True
             v.entries += 1
-            return v.entries, v.immediate_exit != 0
+            return v.entries, self.kvm_run_immediate_exit(v)
+
+    def kvm_run_immediate_exit(self, v: MpVcpu) -> bool:
+        return v.immediate_exit != 0
 
     def _mp_run_loop(self, v: MpVcpu) -> tuple[dict, bool]:
         """Inside KVM_RUN until there is something to return. True with the result: the
@@ -355,7 +347,7 @@ class MpThreads:
         counted = False
         while True:
             with v.lock:
-                result, block = self._mp_step(v)
+                result, block = self.kvm_run_step(v)
                 if block is not None and not counted:
                     counted = True
                     v.settled += 1
@@ -364,24 +356,28 @@ class MpThreads:
                 event = result["system_event"]
                 made = SYSTEM_EVENT_PROGRAMS[self.mp_arch].values()
                 if result["exit_reason"] == KVM_EXIT_SYSTEM_EVENT and event in made:
-                    self._mp_system_event(v, event)
+                    self.kvm_prepare_system_event(v, event)
                 return result, counted
             if block is not None:
-                wait_on(v.wq, block.label, partial(self._mp_wakes, v, block.wakes), idle=True)
+                wait_on(v.wq, block.label, partial(self.mp_sleep_ends, v, block.wakes), idle=True)
 
-    def _mp_step(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
+    def kvm_run_step(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
         """One decision of the vCPU in the kernel (its lock held): a result to return,
         a sleep, or (None, None) to decide again at once."""
-        if v.signal_pending:  # signal_pending(current): -EINTR, KVM_EXIT_INTR
+        if self.signal_pending(v):
             return run_result(-EINTR, KVM_EXIT_INTR), None
         if self.mp_arch == "x86_64":
-            return self._mp_step_x86(v)
-        return self._mp_step_arm(v)
+            return self.kvm_run_step_x86(v)
+        return self.kvm_run_step_arm(v)
 
-    def _mp_step_x86(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
+    def signal_pending(self, v: MpVcpu) -> bool:
+        """signal_pending(current): KVM_RUN returns -EINTR, KVM_EXIT_INTR."""
+        return v.signal_pending
+
+    def kvm_run_step_x86(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
         if v.state in X86_WAIT_FOR_SIPI:
             if v.sipi_pending:
-                self._mp_read(v)
+                self.read_mp_state(v)
                 return None, None
             if v.state == KVM_MP_STATE_UNINITIALIZED:
                 # kvm_arch_vcpu_ioctl_run(): kvm_vcpu_block() until an event (an NMI, which stays
@@ -402,21 +398,25 @@ class MpThreads:
             v.pc = "in_handler"
             return run_result(0, KVM_EXIT_IO, port=X86_NMI_PORT), None
         if v.pc == "in_handler":  # the handler's port write was handled; it halts next
-            if self._mp_x86_halt(v):
+            if self.kvm_emulate_halt(v):
                 return None, None
             return run_result(0, KVM_EXIT_HLT), None
-        return self._mp_guest(v)
+        return self.guest_program(v)
 
-    def _mp_step_arm(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
+    def kvm_run_step_arm(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
         if v.state == KVM_MP_STATE_STOPPED:
             return None, Block("STOPPED: waits", False)
         if v.state == KVM_MP_STATE_SUSPENDED:
-            if v.wakeup_pending:  # exit to userspace; only userspace makes the vCPU RUNNABLE
+            if v.wakeup_pending:
+                self.suspend_wakeup_exit(v)
                 return run_result(0, KVM_EXIT_SYSTEM_EVENT, KVM_SYSTEM_EVENT_WAKEUP), None
             return None, Block("SUSPENDED: WFI until a wake-up event", True)
-        return self._mp_guest(v)
+        return self.guest_program(v)
 
-    def _mp_guest(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
+    def suspend_wakeup_exit(self, v: MpVcpu) -> None:
+        """Exit to userspace; only userspace makes the vCPU RUNNABLE."""
+
+    def guest_program(self, v: MpVcpu) -> tuple[dict | None, Block | None]:
         """The RUNNABLE vCPU runs its guest program until its next exit or sleep."""
         program, x86 = self.mp_program, self.mp_arch == "x86_64"
         if v.pc == "after_event" or program == "busy":
@@ -425,7 +425,7 @@ class MpThreads:
         if program == "hlt":
             v.progress += 1
             if x86:
-                if self._mp_x86_halt(v):
+                if self.kvm_emulate_halt(v):
                     return None, None
                 return run_result(0, KVM_EXIT_HLT), None
             if v.wakeup_pending:  # WFI completes; the guest reports it by MMIO
@@ -444,6 +444,10 @@ class MpThreads:
                 return run_result(0, KVM_EXIT_SYSTEM_EVENT, KVM_SYSTEM_EVENT_SUSPEND), None
             v.regs["x0"] = PSCI_RET_NOT_SUPPORTED  # KVM answers the call itself
             return None, None
+        event = self.system_event_type(program)
         v.progress += 1
         v.pc = "after_event"
-        return run_result(0, KVM_EXIT_SYSTEM_EVENT, SYSTEM_EVENT_PROGRAMS[self.mp_arch][program]), None
+        return run_result(0, KVM_EXIT_SYSTEM_EVENT, event), None
+
+    def system_event_type(self, program: str) -> int:
+        return SYSTEM_EVENT_PROGRAMS[self.mp_arch][program]
