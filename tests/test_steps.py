@@ -14,15 +14,17 @@ from pytest_kvmconf.backends.compose import FacetMachine
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
 from pytest_kvmconf.backends.reference.mp import MpModel
 from pytest_kvmconf.backends.reference.requests import RequestsModel
+from pytest_kvmconf.backends.reference.spte import SpteModel
 from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
 from pytest_kvmconf.backends.threaded.mp import MpThreads
 from pytest_kvmconf.backends.threaded.requests import RequestsThreads
+from pytest_kvmconf.backends.threaded.spte import SpteThreads
 
 from .broken import running
 
 BACKENDS = [ReferenceBackend(), ThreadedBackend()]
 #: the facet mixins whose public methods are all operations, steps or hooks.
-VOCABULARY_MIXINS = (RequestsModel, RequestsThreads, MpModel, MpThreads)
+VOCABULARY_MIXINS = (RequestsModel, RequestsThreads, MpModel, MpThreads, SpteModel, SpteThreads)
 
 
 def declared(backend) -> list[facets.Step]:

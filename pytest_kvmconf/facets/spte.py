@@ -133,6 +133,55 @@ spte.op("clear_flush_young", [G], "bool",
         "present, R/X saved in ignored bits, W not saved; then a remote TLB flush. Returns whether "
         "the page was young.")
 
+# The overridable steps of the bundled backends (arch/x86/kvm/mmu/: mmu.c, spte.c, spte.h). @i is an
+# SPTE's index, @s/@old/@new SPTE values.
+spte.step("sp_gfn", ("i",), "int", "kvm_mmu_page_get_gfn()",
+          "The gfn SPTE @i translates: fixed for a direct sp, the guest PTE's for an indirect one.")
+spte.step("make_spte", ("i", "pfn"), "Spte", "make_spte()",
+          "The slow path's SPTE: present, readable, read-only (dirty logging); MMU-writable unless "
+          "the gfn is write-protected.")
+spte.step("is_dirty_spte", ("s",), "bool", "is_dirty_spte()", "D with A/D bits; without them, W.")
+spte.step("is_accessed_spte", ("s",), "bool", "is_accessed_spte()", "A with A/D bits; without them, present.")
+spte.step("spte_has_volatile_bits", ("s",), "bool", "spte_has_volatile_bits()",
+          "Can the SPTE change out of mmu_lock (the fast path, or the hardware setting A/D)?")
+spte.step("is_access_allowed", ("s", "write"), "bool", "is_access_allowed()",
+          "Does the SPTE allow the access (W for a write, R for a read)?")
+spte.step("fast_path_allowed", (), "bool", "fast_page_fault() on a direct sp only (locking.rst 2 (1))",
+          "Whether the fast path runs here: direct shadow pages, or indirect ones with the pfn pinned.")
+spte.step("fast_pf_new_spte", ("old", "write"), "Spte | None", "the new SPTE fast_page_fault() computes",
+          "Restore an access-tracked SPTE, set W on a write when Host- and MMU-writable; None if that "
+          "does not allow the access.")
+spte.step("restore_acc_track_spte", ("old",), "Spte", "restore_acc_track_spte()",
+          "Present again with the saved R/X; W stays clear.")
+spte.step("gfn_to_pfn_memslot_atomic", ("gfn", "old"), "int | bool | None",
+          "gfn_to_pfn_memslot_atomic() (the document's solution for indirect sp)",
+          "Indirect sp: pin the gfn's pfn, which must be the SPTE's (False: give up); None for a direct sp.",
+          points=True)
+spte.step("kvm_release_pfn_clean", ("pfn",), "none", "kvm_release_pfn_clean()",
+          "Drop the pin gfn_to_pfn_memslot_atomic took (nothing for None/False).")
+spte.step("fast_pf_fix_direct_spte", ("i", "old", "new"), "bool", "fast_pf_fix_direct_spte() (cmpxchg64)",
+          "Install @new only if the SPTE is still @old.", points=True)
+spte.step("mark_page_dirty", ("gfn",), "none", "mark_page_dirty()", "Log @gfn in the dirty bitmap.",
+          points=True)
+spte.step("spte_write_protect", ("i", "pt_protect"), "bool", "spte_write_protect()",
+          "Clear W (and MMU-writable for pt_protect); returns whether the TLBs must be flushed.", points=True)
+spte.step("mmu_spte_update", ("i", "old", "new"), "bool | None", "mmu_spte_update()",
+          "Update a volatile SPTE atomically against @old (None: it changed, read again); returns "
+          "wrprot_needs_flush.", points=True)
+spte.step("wrprot_needs_flush", ("old", "new"), "bool", "the flush decision of mmu_spte_update()",
+          "Writable to read-only: the TLBs must be flushed.")
+spte.step("mmu_spte_clear_track_bits", ("i",), "none", "mmu_spte_clear_track_bits()",
+          "Zap the SPTE (xchg if it has volatile bits, else a plain store), then set_pfn_accessed_dirty.",
+          points=True)
+spte.step("set_pfn_accessed_dirty", ("old",), "none",
+          "kvm_set_pfn_accessed() / kvm_set_pfn_dirty() in mmu_spte_clear_track_bits()",
+          "Hand the zapped SPTE's Accessed and Dirty bits to the pfn.", points=True)
+spte.step("mmu_spte_age", ("i",), "bool", "mmu_spte_age() without A/D bits",
+          "cmpxchg the SPTE to mark_spte_for_access_track's value (the pfn dirty if it was writable); "
+          "returns whether it was young.", points=True)
+spte.step("mark_spte_for_access_track", ("old",), "Spte", "mark_spte_for_access_track()",
+          "Clear R/W/X, save R/X (not W) in ignored bits.")
+
 spte.observables.update({
     "sptes": "list of SPTEs; sptes[i] has present, r, w, x, a, d, host_writable, mmu_writable, "
              "tracked (marked for access tracking), saved_r, saved_x, pfn (-1 if none), gfn (the gfn it "

@@ -11,7 +11,7 @@ from collections.abc import Generator
 from dataclasses import replace
 
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
-from pytest_kvmconf.backends.reference.spte import ZERO, Spte
+from pytest_kvmconf.backends.reference.spte import Spte
 from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
 from pytest_kvmconf.scheduling import Point, point
 
@@ -22,7 +22,7 @@ class PlainStoreFastPath(ReferenceMachine):
     """The fast path writes its computed SPTE with a plain store instead of cmpxchg,
     so a zap or write protection between its read and its write is undone."""
 
-    def _fast_cmpxchg(self, i: int, old: Spte, new: Spte) -> Generator[Point, None, bool]:
+    def fast_pf_fix_direct_spte(self, i: int, old: Spte, new: Spte) -> Generator[Point, None, bool]:
         self.shadow_mmu.sptes[i] = new
         yield Point(f"spte{i} = {new.text()} (plain store)")
         return True
@@ -32,10 +32,10 @@ class IndirectFastPathUnpinned(ReferenceMachine):
     """Fast page fault enabled on indirect shadow pages without pinning the pfn: the ABA of
     section 2 (1) dirty-logs gfn1 while the SPTE now maps gfn2."""
 
-    def _fast_path_allowed(self) -> bool:
+    def fast_path_allowed(self) -> bool:
         return True
 
-    def _pin(self, gfn: int, old: Spte) -> Generator[Point, None, None]:
+    def gfn_to_pfn_memslot_atomic(self, gfn: int, old: Spte) -> Generator[Point, None, None]:
         return None
         yield  # a generator that pins nothing
 
@@ -45,16 +45,16 @@ class NonAtomicClearTrackBits(ReferenceMachine):
     mmu_spte_clear_track_bits() zaps it with a plain store after reading it; a W and D set
     in between by the fast path and the guest are lost."""
 
-    def _spte_has_volatile_bits(self, s: Spte) -> bool:
+    def spte_has_volatile_bits(self, s: Spte) -> bool:
         if s.present and s.a and not s.w:
             return False
-        return super()._spte_has_volatile_bits(s)
+        return super().spte_has_volatile_bits(s)
 
 
 class NoFlushOnWriteProtect(ReferenceMachine):
     """mmu_spte_update() never asks for a TLB flush when it makes an SPTE read-only."""
 
-    def _wrprot_needs_flush(self, old: Spte, new: Spte) -> bool:
+    def wrprot_needs_flush(self, old: Spte, new: Spte) -> bool:
         return False
 
 
@@ -62,7 +62,7 @@ class FlushDecisionFromStaleRead(ReferenceMachine):
     """Write protection decides on the TLB flush from a plain read of the SPTE, then xchg()s
     the read-only value: W set by the fast path in between is overwritten without a flush."""
 
-    def _spte_write_protect(self, i: int, pt_protect: bool) -> Generator[Point, None, bool]:
+    def spte_write_protect(self, i: int, pt_protect: bool) -> Generator[Point, None, bool]:
         m = self.shadow_mmu
         old = m.sptes[i]
         yield Point(f"spte{i} = {old.text()}")
@@ -76,16 +76,16 @@ class FlushDecisionFromStaleRead(ReferenceMachine):
 class RestoresWOnRead(ReferenceMachine):
     """Access tracking keeps the W bit, so a read fault restores a writable SPTE."""
 
-    def _access_track(self, old: Spte) -> Spte:
-        return replace(super()._access_track(old), w=old.w)
+    def mark_spte_for_access_track(self, old: Spte) -> Spte:
+        return replace(super().mark_spte_for_access_track(old), w=old.w)
 
 
 class RestoresWritableOnRead(ReferenceMachine):
     """Restoration of an access-tracked SPTE sets W whenever the SPTE is Host- and
     MMU-writable, also on a read access."""
 
-    def _fast_fix(self, old: Spte, write: bool) -> Spte | None:
-        new = super()._fast_fix(old, write)
+    def fast_pf_new_spte(self, old: Spte, write: bool) -> Spte | None:
+        new = super().fast_pf_new_spte(old, write)
         if new is not None and old.tracked and old.host_writable and old.mmu_writable:
             new = replace(new, w=True)
         return new
@@ -95,24 +95,22 @@ class RestoresWithoutSavedRX(ReferenceMachine):
     """Restoration of an access-tracked SPTE makes it readable and executable whatever
     R/X bits were saved."""
 
-    def _restore_acc_track(self, old: Spte) -> Spte:
-        return replace(super()._restore_acc_track(old), r=True, x=True)
+    def restore_acc_track_spte(self, old: Spte) -> Spte:
+        return replace(super().restore_acc_track_spte(old), r=True, x=True)
 
 
 class ZapWithoutPropagation(ReferenceMachine):
-    """mmu_spte_clear_track_bits() zaps with xchg but forgets to hand the old Dirty bit
-    to the pfn."""
+    """mmu_spte_clear_track_bits() zaps the SPTE but forgets to hand its Dirty bit to the pfn."""
 
-    def _mmu_spte_clear_track_bits(self, i: int) -> Generator[Point, None, None]:
-        self.shadow_mmu.sptes[i] = ZERO
-        yield Point(f"xchg(spte{i}, 0), A/D dropped")
+    def set_pfn_accessed_dirty(self, old: Spte) -> Generator[Point, None, None]:
+        yield from ()  # the zapped SPTE's A/D bits are dropped
 
 
 class AccessedNotPropagated(ReferenceMachine):
     """mmu_spte_clear_track_bits() hands the Dirty bit to the pfn but forgets Accessed."""
 
-    def _propagate_ad(self, old: Spte) -> Generator[Point, None, None]:
-        if self._is_dirty(old):
+    def set_pfn_accessed_dirty(self, old: Spte) -> Generator[Point, None, None]:
+        if self.is_dirty_spte(old):
             self.shadow_mmu.pfn_dirty.add(old.pfn)
             yield Point(f"kvm_set_pfn_dirty({old.pfn})")
 
@@ -121,9 +119,9 @@ class NonAtomicRestore(ReferenceMachine):
     """The fast path restores an access-tracked SPTE with a plain store (it only uses
     cmpxchg to set W on a present one)."""
 
-    def _fast_cmpxchg(self, i: int, old: Spte, new: Spte) -> Generator[Point, None, bool]:
+    def fast_pf_fix_direct_spte(self, i: int, old: Spte, new: Spte) -> Generator[Point, None, bool]:
         if not old.tracked:
-            return (yield from super()._fast_cmpxchg(i, old, new))
+            return (yield from super().fast_pf_fix_direct_spte(i, old, new))
         self.shadow_mmu.sptes[i] = new
         yield Point(f"spte{i} = {new.text()} (plain store)")
         return True
@@ -134,7 +132,7 @@ class NonAtomicRestore(ReferenceMachine):
 class ThreadedPlainStoreFastPath(ThreadedMachine):
     """The threaded fast path writes the SPTE word with a plain store instead of cmpxchg64."""
 
-    def fast_pf_commit(self, i: int, old: Spte, new: Spte) -> bool:
+    def fast_pf_fix_direct_spte(self, i: int, old: Spte, new: Spte) -> bool:
         self.spte_words[i].write(new)
         point(f"spte{i} = {new.text()} (plain store)")
         return True

@@ -117,39 +117,39 @@ class SpteModel:
         m.flush_pending = [False] * config.vcpus
         self.shadow_mmu = m
         for i in range(n):
-            m.sptes[i] = self._new_spte(i, m.gfn_to_pfn[i])
+            m.sptes[i] = self.make_spte(i, m.gfn_to_pfn[i])
             if opts.get("tracked", False):
-                m.sptes[i] = self._access_track(m.sptes[i])
+                m.sptes[i] = self.mark_spte_for_access_track(m.sptes[i])
 
     def observe_spte(self) -> dict[str, Any]:
         m = self.shadow_mmu
         return spte_observables(
-            sptes=m.sptes, sp_gfn=self._sp_gfn, gfn_to_pfn=m.gfn_to_pfn, is_dirty=self._is_dirty,
-            is_accessed=self._is_accessed, dirty_bitmap=m.dirty_bitmap, pfn_dirty=m.pfn_dirty,
+            sptes=m.sptes, sp_gfn=self.sp_gfn, gfn_to_pfn=m.gfn_to_pfn, is_dirty=self.is_dirty_spte,
+            is_accessed=self.is_accessed_spte, dirty_bitmap=m.dirty_bitmap, pfn_dirty=m.pfn_dirty,
             pfn_accessed=m.pfn_accessed, accesses=m.accesses, tlbs=(t.values() for t in m.tlbs),
             flush_pending=m.flush_pending, write_protected=m.write_protected, faults=m.faults,
             mmu_lock_held=m.mmu_lock is not None, sp_role=m.role, ad_bits=m.ad_bits)
 
     # -- SPTE helpers ---------------------------------------------------------
-    def _sp_gfn(self, i: int) -> int:
+    def sp_gfn(self, i: int) -> int:
         """The gfn SPTE i translates: fixed for a direct sp, the guest PTE's for an indirect one."""
         m = self.shadow_mmu
         return i if m.role == "direct" else m.gptes[i]
 
-    def _new_spte(self, i: int, pfn: int) -> Spte:
+    def make_spte(self, i: int, pfn: int) -> Spte:
         """make_spte() of the slow path: present, readable, read-only (dirty logging)."""
         m = self.shadow_mmu
         return Spte(present=True, r=True, x=i == 0, a=m.ad_bits, host_writable=True,
-                    mmu_writable=self._sp_gfn(i) not in m.wp_gfns, pfn=pfn)
+                    mmu_writable=self.sp_gfn(i) not in m.wp_gfns, pfn=pfn)
 
-    def _is_dirty(self, s: Spte) -> bool:
+    def is_dirty_spte(self, s: Spte) -> bool:
         """is_dirty_spte(): D with A/D bits; without them a writable SPTE counts as dirty."""
         return s.present and (s.d if self.shadow_mmu.ad_bits else s.w)
 
-    def _is_accessed(self, s: Spte) -> bool:
+    def is_accessed_spte(self, s: Spte) -> bool:
         return s.present and (s.a if self.shadow_mmu.ad_bits else True)
 
-    def _spte_has_volatile_bits(self, s: Spte) -> bool:
+    def spte_has_volatile_bits(self, s: Spte) -> bool:
         """spte_has_volatile_bits(): can the SPTE change out of mmu_lock?"""
         if not s.shadow_present:
             return False
@@ -157,8 +157,7 @@ class SpteModel:
             return True  # the fast path may restore it or make it writable
         return self.shadow_mmu.ad_bits and (not s.a or (s.w and not s.d))  # hardware may set A/D
 
-    @staticmethod
-    def _allows(s: Spte, write: bool) -> bool:
+    def is_access_allowed(self, s: Spte, write: bool) -> bool:
         return s.present and (s.w if write else s.r)
 
     def _mmu_lock(self, who: str) -> Steps:
@@ -183,62 +182,62 @@ class SpteModel:
     # -- the fast page fault path (out of mmu_lock) ---------------------------
     def fast_page_fault(self, ctx: ThreadContext, vcpu: int, spte: int, write: bool = False) -> Steps:
         m = self.shadow_mmu
-        gfn = self._sp_gfn(spte)  # from the guest's walk, before the SPTE is read
+        gfn = self.sp_gfn(spte)  # from the guest's walk, before the SPTE is read
         fault = {"vcpu": vcpu, "spte": spte, "write": write}
         m.faults.append(fault)
         result = yield from self._fast_page_fault(spte, gfn, write)
         m.faults.remove(fault)
         return result
 
-    def _fast_path_allowed(self) -> bool:
+    def fast_path_allowed(self) -> bool:
         m = self.shadow_mmu
         return m.role == "direct" or self.pin_indirect
 
     def _fast_page_fault(self, i: int, gfn: int, write: bool) -> Steps:
         m = self.shadow_mmu
-        if not self._fast_path_allowed():
+        if not self.fast_path_allowed():
             yield Point("indirect shadow page: fast page fault disabled, take the slow path")
             return "slow"
         for _ in range(1 + FAST_PF_RETRIES):
             old = m.sptes[i]
             yield Point(f"{'write' if write else 'read'} fault, gfn {gfn}: old_spte = *spte{i}: {old.text()}")
-            if self._allows(old, write):
+            if self.is_access_allowed(old, write):
                 yield Point("access allowed already: spurious fault")
                 return "spurious"
-            new = self._fast_fix(old, write)
+            new = self.fast_pf_new_spte(old, write)
             if new is None:
                 yield Point("cannot be fixed out of mmu_lock: slow path")
                 return "slow"
-            pinned = yield from self._pin(gfn, old)
+            pinned = yield from self.gfn_to_pfn_memslot_atomic(gfn, old)
             if pinned is False:
                 return "slow"
-            ok = yield from self._fast_cmpxchg(i, old, new)
+            ok = yield from self.fast_pf_fix_direct_spte(i, old, new)
             if ok and new.w and not old.w:
-                yield from self._mark_page_dirty(gfn)
-            self._unpin(pinned)
+                yield from self.mark_page_dirty(gfn)
+            self.kvm_release_pfn_clean(pinned)
             if ok:
                 return "fixed"
         yield Point("too many retries: slow path")
         return "slow"
 
-    def _fast_fix(self, old: Spte, write: bool) -> Spte | None:
+    def fast_pf_new_spte(self, old: Spte, write: bool) -> Spte | None:
         """The value the fast path wants: restore an access-tracked SPTE's R/X, and set W on a
         write when Host-writable and MMU-writable; None if that does not allow the access."""
         if not old.shadow_present:
             return None
-        new = self._restore_acc_track(old) if old.tracked else old
+        new = self.restore_acc_track_spte(old) if old.tracked else old
         if write and old.host_writable and old.mmu_writable:
             new = replace(new, w=True)
-        if new == old or not self._allows(new, write):
+        if new == old or not self.is_access_allowed(new, write):
             return None
         return new
 
-    def _restore_acc_track(self, old: Spte) -> Spte:
+    def restore_acc_track_spte(self, old: Spte) -> Spte:
         """restore_acc_track_spte(): present again with the saved R/X; W stays clear."""
         return replace(old, present=True, tracked=False, r=old.saved_r, x=old.saved_x,
                        saved_r=False, saved_x=False)
 
-    def _pin(self, gfn: int, old: Spte) -> Generator[Point | Wait, None, int | bool | None]:
+    def gfn_to_pfn_memslot_atomic(self, gfn: int, old: Spte) -> Generator[Point | Wait, None, int | bool | None]:
         """For an indirect sp: gfn_to_pfn_memslot_atomic(gfn) holds a reference on the pfn, so it
         cannot be freed and reused for another gfn; it must be the pfn the SPTE maps."""
         m = self.shadow_mmu
@@ -252,14 +251,14 @@ class SpteModel:
         yield Point(f"gfn_to_pfn_memslot_atomic(gfn {gfn}): pfn {pfn} pinned")
         return pfn
 
-    def _unpin(self, pfn: int | bool | None) -> None:
+    def kvm_release_pfn_clean(self, pfn: int | bool | None) -> None:
         if isinstance(pfn, int) and not isinstance(pfn, bool):
             m = self.shadow_mmu
             m.pinned[pfn] -= 1
             if not m.pinned[pfn]:
                 del m.pinned[pfn]
 
-    def _fast_cmpxchg(self, i: int, old: Spte, new: Spte) -> Generator[Point, None, bool]:
+    def fast_pf_fix_direct_spte(self, i: int, old: Spte, new: Spte) -> Generator[Point, None, bool]:
         m = self.shadow_mmu
         ok = m.sptes[i] == old
         if ok:
@@ -268,7 +267,7 @@ class SpteModel:
                     f"{'succeeded' if ok else 'failed: the SPTE changed'}")
         return ok
 
-    def _mark_page_dirty(self, gfn: int) -> Steps:
+    def mark_page_dirty(self, gfn: int) -> Steps:
         self.shadow_mmu.dirty_bitmap.add(gfn)
         yield Point(f"mark_page_dirty(gfn {gfn})")
 
@@ -287,13 +286,13 @@ class SpteModel:
             how = "TLB hit"
         else:
             s = m.sptes[spte]
-            if not self._allows(s, write):
+            if not self.is_access_allowed(s, write):
                 yield Point(f"{flushed}guest {kind} via spte{spte} {s.text()}: page fault")
                 return False
             if m.ad_bits:
                 s = replace(s, a=True, d=s.d or write)  # set atomically by the page walker
                 m.sptes[spte] = s
-            e = TlbEntry(spte, self._sp_gfn(spte), s.pfn, s.w, s.d if m.ad_bits else s.w)
+            e = TlbEntry(spte, self.sp_gfn(spte), s.pfn, s.w, s.d if m.ad_bits else s.w)
             tlb[spte] = e
             how = "page walk"
         m.accesses.append({"vcpu": vcpu, "gfn": e.gfn, "pfn": e.pfn, "write": write})
@@ -305,8 +304,8 @@ class SpteModel:
         m = self.shadow_mmu
         yield from self._mmu_lock(ctx.name)
         if m.sptes[spte].shadow_present:
-            yield from self._mmu_spte_clear_track_bits(spte)
-        gfn = self._sp_gfn(spte)
+            yield from self.mmu_spte_clear_track_bits(spte)
+        gfn = self.sp_gfn(spte)
         pfn = m.gfn_to_pfn.get(gfn)
         if pfn is None:
             if m.free_pfns:
@@ -316,7 +315,7 @@ class SpteModel:
                 m.next_pfn += 1
             m.gfn_to_pfn[gfn] = pfn
             yield Point(f"gfn {gfn} faulted in: pfn {pfn}")
-        new = self._new_spte(spte, pfn)
+        new = self.make_spte(spte, pfn)
         m.sptes[spte] = new
         yield Point(f"mmu_spte_set(spte{spte}, {new.text()})")
         yield from self._mmu_unlock()
@@ -328,7 +327,7 @@ class SpteModel:
             m.wp_gfns.add(gfn)
         flush = False
         for i in self._sptes_of(gfn):
-            flush = (yield from self._spte_write_protect(i, pt_protect)) or flush
+            flush = (yield from self.spte_write_protect(i, pt_protect)) or flush
         if flush:
             yield from self._flush_remote_tlbs()
         if pt_protect:
@@ -338,9 +337,9 @@ class SpteModel:
     def _sptes_of(self, gfn: int) -> list[int]:
         """The rmap of @gfn: the shadow-present SPTEs translating it."""
         m = self.shadow_mmu
-        return [i for i, s in enumerate(m.sptes) if s.shadow_present and self._sp_gfn(i) == gfn]
+        return [i for i, s in enumerate(m.sptes) if s.shadow_present and self.sp_gfn(i) == gfn]
 
-    def _spte_write_protect(self, i: int, pt_protect: bool) -> Generator[Point, None, bool]:
+    def spte_write_protect(self, i: int, pt_protect: bool) -> Generator[Point, None, bool]:
         """spte_write_protect(): returns whether a TLB flush is needed."""
         m = self.shadow_mmu
         while True:
@@ -349,11 +348,11 @@ class SpteModel:
             if not old.shadow_present or not (old.w or (pt_protect and old.mmu_writable)):
                 return False
             new = replace(old, w=False, mmu_writable=old.mmu_writable and not pt_protect)
-            flush = yield from self._mmu_spte_update(i, old, new)
+            flush = yield from self.mmu_spte_update(i, old, new)
             if flush is not None:
                 return flush
 
-    def _mmu_spte_update(self, i: int, old: Spte, new: Spte) -> Generator[Point, None, bool | None]:
+    def mmu_spte_update(self, i: int, old: Spte, new: Spte) -> Generator[Point, None, bool | None]:
         """mmu_spte_update() of a volatile SPTE: an atomic update against the value read (None
         if it changed: read again); True if it went from writable to read-only (flush)."""
         m = self.shadow_mmu
@@ -364,9 +363,9 @@ class SpteModel:
                     f"{'done' if ok else 'lost a race: the SPTE changed'}")
         if not ok:
             return None
-        return self._wrprot_needs_flush(old, new)
+        return self.wrprot_needs_flush(old, new)
 
-    def _wrprot_needs_flush(self, old: Spte, new: Spte) -> bool:
+    def wrprot_needs_flush(self, old: Spte, new: Spte) -> bool:
         return old.w and not new.w
 
     def host_swap_out(self, ctx: ThreadContext, gfn: int) -> Steps:
@@ -378,7 +377,7 @@ class SpteModel:
             yield from self._mmu_unlock()
             return
         for i in self._sptes_of(gfn):
-            yield from self._mmu_spte_clear_track_bits(i)
+            yield from self.mmu_spte_clear_track_bits(i)
         yield from self._flush_remote_tlbs()
         if m.pinned.get(pfn):
             yield Point(f"pfn {pfn} is pinned: not freed")
@@ -388,27 +387,27 @@ class SpteModel:
             yield Point(f"pfn {pfn} freed; gfn {gfn} swapped out")
         yield from self._mmu_unlock()
 
-    def _mmu_spte_clear_track_bits(self, i: int) -> Steps:
+    def mmu_spte_clear_track_bits(self, i: int) -> Steps:
         """mmu_spte_clear_track_bits(): zap the SPTE, then propagate its A/D bits to the pfn."""
         m = self.shadow_mmu
         old = m.sptes[i]
         yield Point(f"old_spte = *spte{i}: {old.text()}")
-        if not self._spte_has_volatile_bits(old):
+        if not self.spte_has_volatile_bits(old):
             m.sptes[i] = ZERO
             yield Point(f"spte{i} = 0 (no volatile bits: plain store)")
         else:
             old = m.sptes[i]
             m.sptes[i] = ZERO
             yield Point(f"old_spte = xchg(spte{i}, 0): {old.text()}")
-        yield from self._propagate_ad(old)
+        yield from self.set_pfn_accessed_dirty(old)
 
-    def _propagate_ad(self, old: Spte) -> Steps:
+    def set_pfn_accessed_dirty(self, old: Spte) -> Steps:
         m = self.shadow_mmu
         marks = []
-        if self._is_accessed(old):
+        if self.is_accessed_spte(old):
             m.pfn_accessed.add(old.pfn)
             marks.append(f"kvm_set_pfn_accessed({old.pfn})")
-        if self._is_dirty(old):
+        if self.is_dirty_spte(old):
             m.pfn_dirty.add(old.pfn)
             marks.append(f"kvm_set_pfn_dirty({old.pfn})")
         if marks:
@@ -421,7 +420,7 @@ class SpteModel:
             return
         yield from self._mmu_lock(ctx.name)
         if m.sptes[spte].shadow_present:
-            yield from self._mmu_spte_clear_track_bits(spte)
+            yield from self.mmu_spte_clear_track_bits(spte)
             yield from self._flush_remote_tlbs()
         m.gptes[spte] = gfn
         yield Point(f"guest PTE behind spte{spte} -> gfn {gfn}")
@@ -439,31 +438,31 @@ class SpteModel:
                     young = True
                 yield Point(f"test_and_clear_bit(Accessed, spte{i}) = {str(s.a).lower()}")
             else:
-                young = (yield from self._mark_spte_for_access_track(i)) or young
+                young = (yield from self.mmu_spte_age(i)) or young
         if young:
             yield from self._flush_remote_tlbs()
         yield from self._mmu_unlock()
         return young
 
-    def _mark_spte_for_access_track(self, i: int) -> Generator[Point, None, bool]:
+    def mmu_spte_age(self, i: int) -> Generator[Point, None, bool]:
         m = self.shadow_mmu
         while True:
             old = m.sptes[i]
             yield Point(f"spte{i} = {old.text()}")
             if not old.present:
                 return False
-            new = self._access_track(old)
+            new = self.mark_spte_for_access_track(old)
             ok = m.sptes[i] == old
             if ok:
                 m.sptes[i] = new
             yield Point(f"cmpxchg(spte{i}, old, {new.text()}) {'succeeded' if ok else 'failed'}")
             if ok:
-                if self._is_dirty(old):
+                if self.is_dirty_spte(old):
                     m.pfn_dirty.add(old.pfn)
                     yield Point(f"kvm_set_pfn_dirty({old.pfn}): it was writable")
                 return True
 
-    def _access_track(self, old: Spte) -> Spte:
+    def mark_spte_for_access_track(self, old: Spte) -> Spte:
         """mark_spte_for_access_track(): clear R/W/X, save R/X (not W) in ignored bits."""
         return replace(old, present=False, tracked=True, r=False, w=False, x=False,
                        saved_r=old.r, saved_x=old.x)

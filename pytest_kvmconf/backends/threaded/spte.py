@@ -114,13 +114,13 @@ class SpteThreads:
         for i in range(n):
             s = self.make_spte(i, self.gfn_to_pfn[i])
             if opts.get("tracked", False):  # aged before the run: marked for access tracking
-                s = replace(s, present=False, tracked=True, r=False, x=False, saved_r=s.r, saved_x=s.x)
+                s = self.mark_spte_for_access_track(s)
             self.spte_words[i].write(s)
 
     def observe_spte(self) -> dict[str, Any]:
         return spte_observables(
             sptes=[word.read() for word in self.spte_words], sp_gfn=self.sp_gfn, gfn_to_pfn=self.gfn_to_pfn,
-            is_dirty=self.spte_dirty, is_accessed=self.spte_accessed, dirty_bitmap=self.dirty_bitmap,
+            is_dirty=self.is_dirty_spte, is_accessed=self.is_accessed_spte, dirty_bitmap=self.dirty_bitmap,
             pfn_dirty=self.pfn_dirty, pfn_accessed=self.pfn_accessed, accesses=self.accesses,
             tlbs=(vm.tlb.values() for vm in self.vcpu_mmus),
             flush_pending=[vm.flush_pending for vm in self.vcpu_mmus], write_protected=self.write_protected,
@@ -135,10 +135,10 @@ class SpteThreads:
         return Spte(present=True, r=True, x=i == 0, a=self.ad_bits, host_writable=True,
                     mmu_writable=self.sp_gfn(i) not in self.wp_gfns, pfn=pfn)
 
-    def spte_dirty(self, s: Spte) -> bool:
+    def is_dirty_spte(self, s: Spte) -> bool:
         return s.present and (s.d if self.ad_bits else s.w)
 
-    def spte_accessed(self, s: Spte) -> bool:
+    def is_accessed_spte(self, s: Spte) -> bool:
         return s.present and (s.a if self.ad_bits else True)
 
     def spte_has_volatile_bits(self, s: Spte) -> bool:
@@ -148,11 +148,10 @@ class SpteThreads:
             return True
         return self.ad_bits and (not s.a or (s.w and not s.d))
 
-    @staticmethod
-    def access_allowed(s: Spte, write: bool) -> bool:
+    def is_access_allowed(self, s: Spte, write: bool) -> bool:
         return s.present and (s.w if write else s.r)
 
-    def kvm_flush_remote_tlbs_spte(self) -> None:
+    def _flush_remote_tlbs(self) -> None:
         for vm in self.vcpu_mmus:
             with vm.lock:
                 vm.flush_pending = True
@@ -165,44 +164,42 @@ class SpteThreads:
         with self.host_lock:
             self.faults.append(fault)
         try:
-            return self.fast_pf_fix(spte, gfn, write)
+            return self._fast_page_fault(spte, gfn, write)
         finally:
             with self.host_lock:
                 self.faults.remove(fault)
 
-    def fast_pf_fix(self, i: int, gfn: int, write: bool) -> str:
-        if self.sp_role != "direct" and not self.pin_indirect:
+    def fast_path_allowed(self) -> bool:
+        return self.sp_role == "direct" or self.pin_indirect
+
+    def _fast_page_fault(self, i: int, gfn: int, write: bool) -> str:
+        if not self.fast_path_allowed():
             point("indirect shadow page: fast page fault disabled, take the slow path")
             return "slow"
         word = self.spte_words[i]
         for _ in range(1 + FAST_PF_RETRIES):
             old = word.read()
             point(f"{'write' if write else 'read'} fault, gfn {gfn}: old_spte = *spte{i}: {old.text()}")
-            if self.access_allowed(old, write):
+            if self.is_access_allowed(old, write):
                 point("access allowed already: spurious fault")
                 return "spurious"
             new = self.fast_pf_new_spte(old, write)
             if new is None:
                 point("cannot be fixed out of mmu_lock: slow path")
                 return "slow"
-            pinned = None
-            if self.sp_role != "direct":
-                pinned = self.pin_gfn(gfn, old)
-                if pinned is None:
-                    return "slow"
-            ok = self.fast_pf_commit(i, old, new)
+            pinned = self.gfn_to_pfn_memslot_atomic(gfn, old)
+            if pinned is False:
+                return "slow"
+            ok = self.fast_pf_fix_direct_spte(i, old, new)
             if ok and new.w and not old.w:
-                with self.host_lock:
-                    self.dirty_bitmap.add(gfn)
-                point(f"mark_page_dirty(gfn {gfn})")
-            if pinned is not None:
-                self.unpin(pinned)
+                self.mark_page_dirty(gfn)
+            self.kvm_release_pfn_clean(pinned)
             if ok:
                 return "fixed"
         point("too many retries: slow path")
         return "slow"
 
-    def fast_pf_commit(self, i: int, old: Spte, new: Spte) -> bool:
+    def fast_pf_fix_direct_spte(self, i: int, old: Spte, new: Spte) -> bool:
         """fast_pf_fix_direct_spte(): cmpxchg64 against the value read."""
         ok = self.spte_words[i].cmpxchg(old, new) == old
         point(f"cmpxchg(spte{i}, old_spte, {new.text()}) "
@@ -212,17 +209,22 @@ class SpteThreads:
     def fast_pf_new_spte(self, old: Spte, write: bool) -> Spte | None:
         if not old.shadow_present:
             return None
-        new = old
-        if old.tracked:  # restore_acc_track_spte(): the saved R/X, W stays clear
-            new = replace(old, present=True, tracked=False, r=old.saved_r, x=old.saved_x,
-                          saved_r=False, saved_x=False)
+        new = self.restore_acc_track_spte(old) if old.tracked else old
         if write and old.host_writable and old.mmu_writable:
             new = replace(new, w=True)
-        if new == old or not self.access_allowed(new, write):
+        if new == old or not self.is_access_allowed(new, write):
             return None
         return new
 
-    def pin_gfn(self, gfn: int, old: Spte) -> int | None:
+    def restore_acc_track_spte(self, old: Spte) -> Spte:
+        """The saved R/X, W stays clear."""
+        return replace(old, present=True, tracked=False, r=old.saved_r, x=old.saved_x,
+                       saved_r=False, saved_x=False)
+
+    def gfn_to_pfn_memslot_atomic(self, gfn: int, old: Spte) -> int | bool | None:
+        """Indirect sp: pin the pfn, which must be the SPTE's (False: give up); None for a direct sp."""
+        if self.sp_role == "direct":
+            return None
         with self.host_lock:
             pfn = self.gfn_to_pfn.get(gfn)
             ok = pfn is not None and pfn == old.pfn
@@ -230,15 +232,22 @@ class SpteThreads:
                 self.pins[pfn] = self.pins.get(pfn, 0) + 1
         if not ok:
             point(f"gfn_to_pfn_memslot_atomic(gfn {gfn}) = {pfn}: not the SPTE's pfn, give up")
-            return None
+            return False
         point(f"gfn_to_pfn_memslot_atomic(gfn {gfn}): pfn {pfn} pinned")
         return pfn
 
-    def unpin(self, pfn: int) -> None:
+    def kvm_release_pfn_clean(self, pfn: int | bool | None) -> None:
+        if not isinstance(pfn, int) or isinstance(pfn, bool):
+            return  # nothing was pinned
         with self.host_lock:
             self.pins[pfn] -= 1
             if not self.pins[pfn]:
                 del self.pins[pfn]
+
+    def mark_page_dirty(self, gfn: int) -> None:
+        with self.host_lock:
+            self.dirty_bitmap.add(gfn)
+        point(f"mark_page_dirty(gfn {gfn})")
 
     # -- the guest ---------------------------------------------------------------
     def guest_access(self, ctx: ThreadContext, vcpu: int, spte: int, write: bool = False) -> bool:
@@ -271,7 +280,7 @@ class SpteThreads:
         return True
 
     # -- under mmu_lock ------------------------------------------------------------
-    def sptes_of_gfn(self, gfn: int) -> list[int]:
+    def _sptes_of(self, gfn: int) -> list[int]:
         return [i for i, w in enumerate(self.spte_words)
                 if w.read().shadow_present and self.sp_gfn(i) == gfn]
 
@@ -279,7 +288,7 @@ class SpteThreads:
         self.mmu_lock.lock(ctx.name)
         try:
             if self.spte_words[spte].read().shadow_present:
-                self.clear_track_bits(spte)
+                self.mmu_spte_clear_track_bits(spte)
             gfn = self.sp_gfn(spte)
             with self.host_lock:
                 pfn = self.gfn_to_pfn.get(gfn)
@@ -305,10 +314,10 @@ class SpteThreads:
             if pt_protect:
                 self.wp_gfns.add(gfn)
             flush = False
-            for i in self.sptes_of_gfn(gfn):
+            for i in self._sptes_of(gfn):
                 flush = self.spte_write_protect(i, pt_protect) or flush
             if flush:
-                self.kvm_flush_remote_tlbs_spte()
+                self._flush_remote_tlbs()
             if pt_protect:
                 with self.host_lock:
                     self.write_protected.add(gfn)
@@ -324,11 +333,20 @@ class SpteThreads:
             if not old.shadow_present or not (old.w or (pt_protect and old.mmu_writable)):
                 return False
             new = replace(old, w=False, mmu_writable=old.mmu_writable and not pt_protect)
-            ok = word.cmpxchg(old, new) == old
-            point(f"mmu_spte_update(spte{i}, {new.text()}) "
-                  f"{'done' if ok else 'lost a race: the SPTE changed'}")
-            if ok:
-                return old.w  # writable -> read-only: the TLBs must be flushed
+            flush = self.mmu_spte_update(i, old, new)
+            if flush is not None:
+                return flush
+
+    def mmu_spte_update(self, i: int, old: Spte, new: Spte) -> bool | None:
+        """A volatile SPTE: cmpxchg against the value read (None if it changed: read again);
+        True if it went from writable to read-only (the TLBs must be flushed)."""
+        ok = self.spte_words[i].cmpxchg(old, new) == old
+        point(f"mmu_spte_update(spte{i}, {new.text()}) "
+              f"{'done' if ok else 'lost a race: the SPTE changed'}")
+        return self.wrprot_needs_flush(old, new) if ok else None
+
+    def wrprot_needs_flush(self, old: Spte, new: Spte) -> bool:
+        return old.w and not new.w
 
     def host_swap_out(self, ctx: ThreadContext, gfn: int) -> None:
         self.mmu_lock.lock(ctx.name)
@@ -337,9 +355,9 @@ class SpteThreads:
             if pfn is None:
                 point(f"gfn {gfn} is not resident")
                 return
-            for i in self.sptes_of_gfn(gfn):
-                self.clear_track_bits(i)
-            self.kvm_flush_remote_tlbs_spte()
+            for i in self._sptes_of(gfn):
+                self.mmu_spte_clear_track_bits(i)
+            self._flush_remote_tlbs()
             with self.host_lock:
                 pinned = bool(self.pins.get(pfn))
                 if not pinned:
@@ -350,7 +368,7 @@ class SpteThreads:
             self.mmu_lock.unlock()
             point("write_unlock(&kvm->mmu_lock)")
 
-    def clear_track_bits(self, i: int) -> None:
+    def mmu_spte_clear_track_bits(self, i: int) -> None:
         """mmu_spte_clear_track_bits(): xchg when the SPTE has volatile bits."""
         word = self.spte_words[i]
         old = word.read()
@@ -361,12 +379,15 @@ class SpteThreads:
         else:
             old = word.xchg(ZERO)
             point(f"old_spte = xchg(spte{i}, 0): {old.text()}")
+        self.set_pfn_accessed_dirty(old)
+
+    def set_pfn_accessed_dirty(self, old: Spte) -> None:
         marks = []
         with self.host_lock:
-            if self.spte_accessed(old):
+            if self.is_accessed_spte(old):
                 self.pfn_accessed.add(old.pfn)
                 marks.append(f"kvm_set_pfn_accessed({old.pfn})")
-            if self.spte_dirty(old):
+            if self.is_dirty_spte(old):
                 self.pfn_dirty.add(old.pfn)
                 marks.append(f"kvm_set_pfn_dirty({old.pfn})")
         if marks:
@@ -379,8 +400,8 @@ class SpteThreads:
         self.mmu_lock.lock(ctx.name)
         try:
             if self.spte_words[spte].read().shadow_present:
-                self.clear_track_bits(spte)
-                self.kvm_flush_remote_tlbs_spte()
+                self.mmu_spte_clear_track_bits(spte)
+                self._flush_remote_tlbs()
             self.gptes[spte] = gfn
             point(f"guest PTE behind spte{spte} -> gfn {gfn}")
         finally:
@@ -391,7 +412,7 @@ class SpteThreads:
         self.mmu_lock.lock(ctx.name)
         try:
             young = False
-            for i in self.sptes_of_gfn(gfn):
+            for i in self._sptes_of(gfn):
                 word = self.spte_words[i]
                 if self.ad_bits:
                     while True:  # test_and_clear_bit(Accessed)
@@ -401,28 +422,32 @@ class SpteThreads:
                     young = young or old.a
                     point(f"test_and_clear_bit(Accessed, spte{i}) = {str(old.a).lower()}")
                 else:
-                    young = self.mark_for_access_track(i) or young
+                    young = self.mmu_spte_age(i) or young
             if young:
-                self.kvm_flush_remote_tlbs_spte()
+                self._flush_remote_tlbs()
         finally:
             self.mmu_lock.unlock()
         point("write_unlock(&kvm->mmu_lock)")
         return young
 
-    def mark_for_access_track(self, i: int) -> bool:
+    def mmu_spte_age(self, i: int) -> bool:
         word = self.spte_words[i]
         while True:
             old = word.read()
             point(f"spte{i} = {old.text()}")
             if not old.present:
                 return False
-            new = replace(old, present=False, tracked=True, r=False, w=False, x=False,
-                          saved_r=old.r, saved_x=old.x)
+            new = self.mark_spte_for_access_track(old)
             ok = word.cmpxchg(old, new) == old
             point(f"cmpxchg(spte{i}, old, {new.text()}) {'succeeded' if ok else 'failed'}")
             if ok:
-                if self.spte_dirty(old):
+                if self.is_dirty_spte(old):
                     with self.host_lock:
                         self.pfn_dirty.add(old.pfn)
                     point(f"kvm_set_pfn_dirty({old.pfn}): it was writable")
                 return True
+
+    def mark_spte_for_access_track(self, old: Spte) -> Spte:
+        """Clear R/W/X, save R/X (not W) in ignored bits."""
+        return replace(old, present=False, tracked=True, r=False, w=False, x=False,
+                       saved_r=old.r, saved_x=old.x)
