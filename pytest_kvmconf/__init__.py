@@ -1,11 +1,11 @@
 """pytest-kvmconf: property-based conformance tests for KVM's documented guarantees.
 
 The public surface, everything a backend author imports (CONTRIBUTING.md): the backend
-interface, the scheduling-point API, document versions, the request API's constants, the one
-exception root, and the helpers of the bundled models a broken variant builds on (``wait_on`` for
-thread backends, ``locking_op`` for overridden locking operations, ``EIO``, and ``Memory``/``SharedMap``
-for naming shared-memory accesses and barriers). Everything else is
-internal and may change.
+interface, the scheduling-point API, document versions, the request API's constants (and
+``EIO``, KVM_RUN's error once the VM is dead), the one exception root, and the helpers of the
+bundled models a broken variant builds on (``wait_on`` for thread backends, ``locking_op`` for
+overridden locking operations, and ``Memory``/``SharedMap`` for naming shared-memory accesses and
+barriers). Everything else is internal and may change.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from .backend import Backend, Machine, MachineConfig, ThreadContext
 from .errors import KvmconfError
 from .facets.requests import (
+    EIO,
     EXITING_GUEST_MODE,
     IN_GUEST_MODE,
     KVM_REQUEST_MASK,
@@ -33,7 +34,6 @@ from .spec.versions import VersionRange
 _LAZY = {
     "wait_on": "engine.threads",
     "locking_op": "backends.reference.locking",
-    "EIO": "backends.reference.requests",
     "Memory": "engine.memory",
     "SharedMap": "engine.memory",
 }

@@ -44,6 +44,28 @@ FORMER_NAMES = {
     "_sync_pir_to_irr": "vmx_sync_pir_to_irr", "sync_pir_to_irr": "vmx_sync_pir_to_irr",
     "_pi_set_pir_and_on": "pi_test_and_set_pir_and_on", "_pi_notify": "kvm_vcpu_trigger_posted_interrupt",
     "_send_pi_notification": "send_pi_notification",
+    # mp
+    "_mp_initial_state": "initial_mp_state", "_mp_accepts": "mp_state_valid", "_mp_store": "store_mp_state",
+    "_mp_read": "read_mp_state", "_mp_capability": "kvm_vm_ioctl_check_extension", "_mp_enter": "enter_kvm_run",
+    "_mp_takes_immediate_exit": "kvm_run_immediate_exit", "_mp_signal_interrupts": "signal_pending",
+    "_mp_on_signal": "signal_wake_up", "_mp_wakes": "mp_sleep_ends", "_mp_step": "kvm_run_step",
+    "_mp_step_x86": "kvm_run_step_x86", "_mp_step_arm": "kvm_run_step_arm", "_mp_program": "guest_program",
+    "_mp_guest": "guest_program", "_mp_x86_halt": "kvm_emulate_halt", "_mp_wakeup": "suspend_wakeup_exit",
+    "_mp_event_type": "system_event_type", "_mp_system_event": "kvm_prepare_system_event",
+    # spte
+    "_sp_gfn": "sp_gfn", "_new_spte": "make_spte", "_is_dirty": "is_dirty_spte", "spte_dirty": "is_dirty_spte",
+    "_is_accessed": "is_accessed_spte", "spte_accessed": "is_accessed_spte",
+    "_spte_has_volatile_bits": "spte_has_volatile_bits", "_allows": "is_access_allowed",
+    "access_allowed": "is_access_allowed", "_fast_path_allowed": "fast_path_allowed",
+    "_fast_fix": "fast_pf_new_spte", "_restore_acc_track": "restore_acc_track_spte",
+    "_pin": "gfn_to_pfn_memslot_atomic", "pin_gfn": "gfn_to_pfn_memslot_atomic", "_unpin": "kvm_release_pfn_clean",
+    "unpin": "kvm_release_pfn_clean", "_fast_cmpxchg": "fast_pf_fix_direct_spte",
+    "fast_pf_commit": "fast_pf_fix_direct_spte", "_mark_page_dirty": "mark_page_dirty",
+    "_spte_write_protect": "spte_write_protect", "_mmu_spte_update": "mmu_spte_update",
+    "_wrprot_needs_flush": "wrprot_needs_flush", "_mmu_spte_clear_track_bits": "mmu_spte_clear_track_bits",
+    "clear_track_bits": "mmu_spte_clear_track_bits", "_propagate_ad": "set_pfn_accessed_dirty",
+    "_mark_spte_for_access_track": "mmu_spte_age", "mark_for_access_track": "mmu_spte_age",
+    "_access_track": "mark_spte_for_access_track",
 }
 
 

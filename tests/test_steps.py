@@ -108,6 +108,15 @@ def test_an_override_under_a_former_name_warns_with_the_step() -> None:
                for w in warnings), warnings
 
 
+def test_every_former_name_points_at_a_declared_step() -> None:
+    from pytest_kvmconf.backend_check import FORMER_NAMES
+
+    steps = facets.all_steps()
+    assert not {old: new for old, new in FORMER_NAMES.items() if new not in steps}
+    for machine in (ReferenceMachine, ThreadedMachine):
+        assert not [old for old in FORMER_NAMES if old in dir(machine) and old not in steps], machine
+
+
 def test_a_backend_of_its_own_is_not_held_to_the_bundled_steps() -> None:
     # Steps are what the bundled backends share; a backend written from scratch names its own helpers.
     class Own(FacetMachine):
@@ -117,3 +126,33 @@ def test_a_backend_of_its_own_is_not_held_to_the_bundled_steps() -> None:
     backend = running(Own, "own", ReferenceBackend())
     backend.capabilities = frozenset()
     assert problems(backend) == ([], [])
+
+
+def step_tables() -> str:
+    """CONTRIBUTING.md's tables of the steps, one per facet, as the facets declare them."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    out = []
+    for facet in facets.FACETS.values():
+        if not facet.steps:
+            continue
+        out.append(f"`{facet.name}` steps:\n\n| step | what it models | kernel | parameters | returns | points |\n"
+                   "|---|---|---|---|---|---|")
+        for s in facet.steps.values():
+            out.append(f"| `{s.name}` | {cell(s.doc)} | {cell(s.kernel)} | `({', '.join(s.args)})` "
+                       f"| {cell(s.returns)} | {'yes' if s.points else ''} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def test_contributing_tabulates_every_step() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    tables = step_tables()
+    assert tables in doc, "CONTRIBUTING.md's step tables differ from the facets' declarations; they are:\n\n" + tables
+
+
+if __name__ == "__main__":  # python -m tests.test_steps: print the tables for CONTRIBUTING.md
+    print(step_tables())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytest_kvmconf import EIO
 from pytest_kvmconf.backend import ThreadContext
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
 from pytest_kvmconf.backends.reference.mp import MpVcpu, Steps
@@ -29,8 +30,6 @@ from pytest_kvmconf.facets.mp import (
 from pytest_kvmconf.scheduling import Point
 
 from . import running
-
-EIO = 5
 
 
 class HaltedReadAsStopped(ReferenceMachine):
