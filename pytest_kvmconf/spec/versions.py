@@ -73,8 +73,8 @@ DOCUMENT_TEXTS: dict[str, tuple[DocumentText, ...]] = {
                      "volatile: spte_has_volatile_bits() becomes spte_needs_atomic_update()"),
     ),
     "api-mp-state-system-event.rst": (
-        DocumentText("4.13", None, "the KVM_{GET,SET}_MP_STATE, KVM_EXIT_SYSTEM_EVENT and immediate_exit "
-                     "text as in 4.13 (api.txt)"),
+        DocumentText("4.13", None, "the KVM_RUN, KVM_SET_SIGNAL_MASK, KVM_{GET,SET}_MP_STATE, immediate_exit "
+                     "and KVM_EXIT_SYSTEM_EVENT passages as in 4.13 (api.txt)"),
         DocumentText("5.19", "7b33a09d036f", "KVM: arm64: Add support for userspace to suspend a vCPU "
                      "(KVM_MP_STATE_SUSPENDED, KVM_SYSTEM_EVENT_WAKEUP/SUSPEND, "
                      "KVM_CAP_ARM_SYSTEM_SUSPEND)"),
