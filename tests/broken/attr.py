@@ -52,6 +52,15 @@ class NoPmuEinval(ReferenceMachine):
         return -EINVAL if ret == -ENODEV and not self.arm_vm.pmu else ret
 
 
+class NoPmuEnxio(ReferenceMachine):
+    """Without PMUv3, setting a PMU attribute fails with ENXIO: the 5.10 text allows it (ATTR-03.a),
+    the older one, "-ENODEV PMUv3 not supported", does not (ATTR-03)."""
+
+    def _pmu_set(self, c: ArmVcpu, attr: int, value: int) -> int:
+        ret = super()._pmu_set(c, attr, value)
+        return -ENXIO if ret == -ENODEV and not self.arm_vm.pmu else ret
+
+
 class PmuIrqWithoutIrqchipAccepted(ReferenceMachine):
     """The PMU interrupt can be set before there is an in-kernel irqchip."""
 
@@ -182,7 +191,8 @@ BROKEN: dict[type, str] = {
     PmuIrqSetTwiceAccepted: "ATTR-01",
     PmuIrqSetTwiceEinval: "ATTR-01",
     PmuGetUnsetReturnsZero: "ATTR-02",
-    NoPmuEinval: "ATTR-03",
+    NoPmuEinval: "ATTR-03.a",
+    NoPmuEnxio: "ATTR-03",
     PmuIrqWithoutIrqchipAccepted: "ATTR-04",
     PmuIrqAcceptsSgi: "ATTR-04",
     SpiSharedByTwoVcpus: "ATTR-05",
