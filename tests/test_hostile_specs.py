@@ -22,7 +22,7 @@ import pytest
 
 from pytest_kvmconf.engine import replay_guard
 from pytest_kvmconf.engine.schedule import Schedule
-from pytest_kvmconf.errors import ExpectationError, ReplayError
+from pytest_kvmconf.errors import ExpectationError, ReplayError, SpecError
 from pytest_kvmconf.expectations import load as load_expectations
 from pytest_kvmconf.spec.loader import load_file
 
@@ -183,6 +183,119 @@ def test_guarantee_errors_name_the_guarantee_and_the_key(hostile_results: dict[s
     for name in ("steps_int", "machine_option", "vcpus_param", "field_typo", "per_vcpu_no", "max_steps_huge"):
         message = hostile_results[f"{name}.toml"]["message"]
         assert "guarantee HOS-01" in message and "key " in message, message
+
+
+# -- every error of a guarantee, and of a file, at once ---------------------------------
+
+MANY_ERRORS = HEAD.replace('area = "requests"', 'area = "requests"\nauthor = "me"') + textwrap.dedent('''
+    [[guarantee]]
+    id = "HOS-01"
+    title = ""
+    section = "Overview"
+    quote = "Make request @req of VCPU @vcpu."
+    versions = { since = "4.13", until = "banana" }
+    params.n = { range = [5, 1] }
+    params.m = { choise = [1] }
+    vcpus = 2
+    [[guarantee.thread]]
+    name = "a"
+    per_vcpu = "no"
+    steps = [{ op = "kvm_make_request", req = "n", vcpu = 0 }, { op = "kvm_make_requets", vcpu = 0 }]
+    [[guarantee.thread]]
+    name = "b"
+    vcpu = 7
+    steps = [{ op = "kvm_make_request", req = "m", vcpu = 9, colour = 1 }]
+    [[guarantee.thread]]
+    name = "c"
+    steps = [{ op = "kvm_make_request", rq = 1, vcpu = 1 }]
+    [[guarantee.check]]
+    final = "vcpus[0].requests and"
+    [[guarantee.check]]
+    never = "n > nowhere"
+    [[guarantee.check]]
+    final = "True"
+    never = "False"
+    [[guarantee.check]]
+    finl = "True"
+
+    [[guarantee]]
+    id = "HOS-02"
+    title = "the second guarantee is checked too"
+    section = "Overview"
+    quote = "Make request @req of VCPU @vcpu."
+    versions = { since = "4.13" }
+    max_steps = 0
+    locks = { leaves = ["kvm->no_such_lock"], deadlock_free = "yes" }
+    [[guarantee.thread]]
+    name = "requester"
+    steps = [{ op = "kvm_make_request", req = 0, vcpu = 0 }]
+    [[guarantee.check]]
+    final = "True"
+
+    [[guarantee]]
+    id = "HOS 04"
+    title = "a wrong id: the rest is checked, named by its place in the file"
+    section = "Overview"
+    quote = "Make request @req of VCPU @vcpu."
+    versions = { since = "4.13" }
+    arch = "pdp11"
+    [[guarantee.thread]]
+    name = "requester"
+    steps = [{ op = "kvm_make_request", req = 0, vcpu = 0 }]
+    [[guarantee.check]]
+    final = "True"
+
+    [[guarantee]]
+    id = "HOS-03"
+    title = "a correct guarantee beside them"
+    section = "Overview"
+    quote = "Make request @req of VCPU @vcpu."
+    versions = { since = "4.13" }
+    [[guarantee.thread]]
+    name = "requester"
+    steps = [{ op = "kvm_make_request", req = 0, vcpu = 0 }]
+    [[guarantee.check]]
+    final = "True"
+    ''')
+
+#: (guarantee, key) of every mistake above, once each: a wrong parameter (n, m) named by a step
+#: or a condition, or a thread whose vCPU is wrong, gives no second error.
+MANY_KEYS = [
+    (None, "document.author"),
+    ("HOS-01", "title"), ("HOS-01", "versions.until"), ("HOS-01", "params.n.range"), ("HOS-01", "params.m"),
+    ("HOS-01", "thread[0].per_vcpu"), ("HOS-01", "thread[0].steps[1].op"),
+    ("HOS-01", "thread[1].vcpu"), ("HOS-01", "thread[1].steps[0].vcpu"), ("HOS-01", "thread[1].steps[0].colour"),
+    ("HOS-01", "thread[2].steps[0].rq"),
+    ("HOS-01", "check[0].final"), ("HOS-01", "check[1].never"), ("HOS-01", "check[2]"), ("HOS-01", "check[3].finl"),
+    ("HOS-02", "max_steps"), ("HOS-02", "locks.deadlock_free"), ("HOS-02", "locks.leaves[0]"),
+    (None, "guarantee[2].id"), (None, "guarantee[2].arch"),
+]
+
+
+def test_every_error_of_a_guarantee_and_of_its_file_is_reported_once(tmp_path: Path) -> None:
+    path = tmp_path / "many.toml"
+    path.write_text(MANY_ERRORS)
+    with pytest.raises(SpecError) as info:
+        load_file(path)
+    errors = info.value.errors
+    assert [(e.gid, e.key) for e in errors] == MANY_KEYS, "\n".join(map(str, errors))
+    text = str(info.value)
+    assert text.startswith(f"{len(MANY_KEYS)} errors:\n") and text.count(str(path)) == len(MANY_KEYS), text
+    for says in ("'kvm_make_requets' (did you mean 'kvm_make_request'?)", "'rq' (did you mean 'req'?)",
+                 "unknown name 'nowhere'", "'finl' (did you mean 'final'?)", "vCPU index from 0 to 1 (got 7)"):
+        assert says in text, text
+    assert "unknown name 'n'" not in text and "unknown name 'm'" not in text, text  # no cascade
+
+
+def test_a_file_with_several_errors_is_one_clear_report_in_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".toml", many=MANY_ERRORS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--kvm-backend=reference", "--kvm-no-bundled-specs",
+                                "--kvm-specs=many.toml")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines([f"*spec error: {len(MANY_KEYS)} errors:",
+                                 "*many.toml: guarantee HOS-01: key thread?0?.per_vcpu: true or false (got 'no')",
+                                 "*many.toml: guarantee HOS-02: key max_steps: an integer from 1 to 100000"])
+    no_traceback(result)
 
 
 # -- end to end: the plugin --------------------------------------------------------------

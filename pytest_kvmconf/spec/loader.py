@@ -11,9 +11,9 @@ import difflib
 import re
 import stat
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import facets
 from ..errors import ExprError, SpecError
@@ -80,6 +80,15 @@ MAX_FIXED_STEPS = 200
 MAX_MAX_STEPS = 100_000
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
 ENGINE_NAMES = {"threads", "step", "nr_vcpus"}
+
+
+T = TypeVar("T")
+
+
+def clip(value: Any) -> str:
+    """A value as an error message shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -181,79 +190,146 @@ def load_file(path: Path) -> list[Guarantee]:
         raise SpecError(path, None, None, "not usable TOML: its arrays or tables nest too deeply") from None
     except OSError as exc:
         raise SpecError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
-    _keys(path, None, "", data, {"document": "", "guarantee": ""})
+    # Every part is checked, so one run shows all of a file's errors (each once: a part that is
+    # wrong is not checked further, so it causes no second error downstream).
+    errors: list[SpecError] = []
+    misspelt = _unknown_keys(path, None, "", data, {"document": "", "guarantee": ""}, errors)
     doc = data.get("document")
     if not isinstance(doc, dict):
-        raise SpecError(path, None, "document", "a [document] table with file and area is required")
-    _keys(path, None, "document", doc, DOCUMENT_KEYS)
-    for k in ("file", "area"):
-        if not isinstance(doc.get(k), str) or not doc[k]:
-            raise SpecError(path, None, f"document.{k}", "required string")
+        if "document" not in misspelt:
+            errors.append(SpecError(path, None, "document", "a [document] table with file and area is required"))
+        doc = {}
+    else:
+        misspelt_doc = _unknown_keys(path, None, "document", doc, DOCUMENT_KEYS, errors)
+        for k in ("file", "area"):
+            if (not isinstance(doc.get(k), str) or not doc[k]) and k not in misspelt_doc:
+                errors.append(SpecError(path, None, f"document.{k}", "required string"))
     raw = data.get("guarantee", [])
     if not isinstance(raw, list) or not raw:
-        raise SpecError(path, None, "guarantee", "at least one [[guarantee]] is required")
-    out, ids, errors = [], set(), []
-    for i, g in enumerate(raw):  # every guarantee is checked, so one run shows all of a file's errors
-        try:
-            gid = g.get("id") if isinstance(g, dict) else None
-            if not isinstance(gid, str) or not ID_RE.fullmatch(gid):
-                shown = repr(gid) if len(repr(gid)) <= 40 else f"{repr(gid)[:37]}..."
-                raise SpecError(path, None, f"guarantee[{i}].id",
-                                f"required, of the form AREA-NN or AREA-NN.x (got {shown})")
-            if gid in ids:
-                raise SpecError(path, gid, "id", f"id {gid} appears twice in this file")
-            ids.add(gid)
-            out.append(_Builder(path, doc, gid, g).build())
-        except SpecError as exc:
-            errors.append(exc)
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise SpecErrors(errors)
+        if "guarantee" not in misspelt:
+            errors.append(SpecError(path, None, "guarantee", "at least one [[guarantee]] is required"))
+        raw = []
+    out, ids = [], set()
+    for i, g in enumerate(raw):
+        if not isinstance(g, dict):
+            errors.append(SpecError(path, None, f"guarantee[{i}]", "must be a table"))
+            continue
+        gid = g.get("id")
+        where = ""
+        if not isinstance(gid, str) or not ID_RE.fullmatch(gid):
+            shown = repr(gid) if len(repr(gid)) <= 40 else f"{repr(gid)[:37]}..."
+            errors.append(SpecError(path, None, f"guarantee[{i}].id",
+                                    f"required, of the form AREA-NN or AREA-NN.x (got {shown})"))
+            gid, where = None, f"guarantee[{i}]"  # the rest of it is still checked
+        elif gid in ids:
+            errors.append(SpecError(path, gid, "id", f"id {gid} appears twice in this file"))
+        ids.add(gid)
+        built = _Builder(path, doc, gid, g, where).build()
+        if isinstance(built, Guarantee):
+            out.append(built)
+        else:
+            errors.extend(built)
+    raise_all(errors)
     return out
+
+
+def raise_all(errors: list[SpecError]) -> None:
+    """Raise the errors found (one as itself, several as SpecErrors), each once."""
+    unique: list[SpecError] = []
+    seen: set[str] = set()
+    for e in errors:
+        for one in getattr(e, "errors", [e]):
+            if str(one) not in seen:
+                seen.add(str(one))
+                unique.append(one)
+    if len(unique) == 1:
+        raise unique[0]
+    if unique:
+        raise SpecErrors(unique)
 
 
 def _keys(path: Path, gid: str | None, where: str, table: Mapping[str, Any],
           allowed: Mapping[str, str]) -> None:
+    """Raise the unknown keys of ``table``, all of them."""
+    errors: list[SpecError] = []
+    _unknown_keys(path, gid, where, table, allowed, errors)
+    raise_all(errors)
+
+
+def _unknown_keys(path: Path, gid: str | None, where: str, table: Mapping[str, Any],
+                  allowed: Mapping[str, str], errors: list[SpecError]) -> set[str]:
+    """Add an error per unknown key of ``table`` to ``errors``; return the allowed keys they look
+    like misspellings of (a missing required key among them is that typo, not a second error)."""
+    meant = set()
     for key in table:
         if key not in allowed:
             prefix = f"{where}." if where else ""
-            raise SpecError(path, gid, f"{prefix}{key}",
-                            f"unknown key {key!r}{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
+            guess = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.75)
+            meant.update(guess)
+            errors.append(SpecError(path, gid, f"{prefix}{key}", f"unknown key {key!r}"
+                                    f"{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"))
+    return meant
 
 
 class _Builder:
     """Validates one [[guarantee]] table."""
 
-    def __init__(self, path: Path, doc: Mapping[str, Any], gid: str, raw: Mapping[str, Any]):
+    def __init__(self, path: Path, doc: Mapping[str, Any], gid: str | None, raw: Mapping[str, Any],
+                 where: str = ""):
         self.path, self.doc, self.gid, self.raw = path, doc, gid, raw
+        #: without a usable id, keys are named from the file: ``guarantee[2].title``
+        self.prefix = f"{where}." if where else ""
         self.constants = facets.all_constants()
         self.ops = facets.all_ops()
         self.params: dict[str, Param] = {}
         self.bindings: set[str] = set()
+        #: names declared but wrong (a parameter that failed): known to conditions, so a condition
+        #: using one is not reported a second time as naming an unknown name
+        self.declared: set[str] = set()
         self.max_vcpus = MAX_VCPUS
         # A spec that creates vCPUs at run time may address ones beyond `vcpus` (ATTR-08 does).
         self.creates_vcpus = any(str(s.get("op", "")).endswith("create_vcpu") for s in _raw_steps(raw))
         self.roots = {re.split(r"[\[.]", n)[0] for n in facets.all_observables()} | ENGINE_NAMES
+        self.errors: list[SpecError] = []
 
     def err(self, key: str | None, message: str) -> SpecError:
-        return SpecError(self.path, self.gid, key, message)
+        return SpecError(self.path, self.gid, self.prefix + key if key else self.prefix[:-1] or None, message)
 
-    def build(self) -> Guarantee:
+    def attempt(self, check: Callable[..., T], *args: Any, default: Any = None) -> T | Any:
+        """``check(*args)``; a spec error is kept and ``default`` returned, so the parts that do
+        not depend on this one are still checked and every error is reported in one run."""
+        try:
+            return check(*args)
+        except SpecError as exc:
+            self.errors.extend(getattr(exc, "errors", [exc]))
+            return default
+
+    def keys(self, where: str, table: Mapping[str, Any], allowed: Mapping[str, str]) -> set[str]:
+        """Keep an error per unknown key; return the allowed keys they look like typos of."""
+        return _unknown_keys(self.path, self.gid, self.prefix + where if where else self.prefix[:-1], table,
+                             allowed, self.errors)
+
+    def build(self) -> Guarantee | list[SpecError]:
+        """The guarantee, or every error found in it."""
         raw = self.raw
-        _keys(self.path, self.gid, "", raw, GUARANTEE_KEYS)
+        meant = self.keys("", raw, GUARANTEE_KEYS)
         for k in ("title", "section", "quote"):
-            if not isinstance(raw.get(k), str) or not raw[k].strip():
-                raise self.err(k, "required, a non-empty string")
-        versions = self.versions(raw.get("versions"))
-        quote_until = self.quote_until(raw.get("quote_until"), versions)
-        for name, spec in self.table("params").items():
-            self.params[name] = self.param(f"params.{name}", name, spec)
-        vcpus = self.vcpus(raw.get("vcpus", 1))
+            if (not isinstance(raw.get(k), str) or not raw[k].strip()) and k not in meant:
+                self.errors.append(self.err(k, "required, a non-empty string"))
+        versions = None if "versions" in meant else self.attempt(self.versions, raw.get("versions"))
+        quote_until = self.attempt(self.quote_until, raw.get("quote_until"), versions, default=())
+        for name, spec in self.attempt(self.table, "params", default={}).items():
+            param = self.attempt(self.param, f"params.{name}", name, spec)
+            if param is None:
+                self.declared.add(name)
+            else:
+                self.params[name] = param
+        vcpus = self.attempt(self.vcpus, raw.get("vcpus", 1))
         self.max_vcpus = vcpus if isinstance(vcpus, int) else MAX_VCPUS
-        threads = self.threads(raw.get("thread"))
-        machine = tuple((k, self.value(f"machine.{k}", v, set())) for k, v in self.table("machine").items())
-        checks = self.checks(raw.get("check"))
+        threads = self.attempt(self.threads, raw.get("thread"), "thread" in meant, default=())
+        machine = tuple((k, self.attempt(self.value, f"machine.{k}", v, set()))
+                        for k, v in self.attempt(self.table, "machine", default={}).items())
+        checks = () if "check" in meant else self.attempt(self.checks, raw.get("check"), default=())
         needs = set()
         for t in threads:
             for s in t.steps + (t.sequence.choose if t.sequence else ()):
@@ -262,22 +338,27 @@ class _Builder:
         caps = facets.all_capabilities()
         extra = raw.get("needs", [])
         if not isinstance(extra, list) or not all(isinstance(n, str) for n in extra):
-            raise self.err("needs", "a list of capability names")
+            self.errors.append(self.err("needs", "a list of capability names"))
+            extra = []
         for n in extra:
             if n not in caps:
-                raise self.err("needs", f"unknown capability {n!r}{did_you_mean(n, caps)}; "
-                                        f"known: {', '.join(sorted(caps))}")
+                self.errors.append(self.err("needs", f"unknown capability {n!r}{did_you_mean(n, caps)}; "
+                                                     f"known: {', '.join(sorted(caps))}"))
         needs.update(extra)
         judged = [c.obligation for c in checks if c.kind != "exists"]
         if judged and set(judged) == {"userspace"} and raw.get("locks") is None:
             needs.add(USERSPACE_CAPABILITY)  # nothing in it is KVM's to enforce
         arch = raw.get("arch")
         if arch is not None and arch not in ("x86_64", "arm64", "riscv", "s390"):
-            raise self.err("arch", f"unknown architecture {arch!r}; allowed: x86_64, arm64, riscv, s390")
+            self.errors.append(self.err("arch", f"unknown architecture {arch!r}; allowed: x86_64, arm64, "
+                                                "riscv, s390"))
         max_steps = raw.get("max_steps", 2000)
         if not _is_int(max_steps) or not 1 <= max_steps <= MAX_MAX_STEPS:
-            raise self.err("max_steps", f"an integer from 1 to {MAX_MAX_STEPS}")
-        memory_models = self.memory_models(raw.get("memory_models", list(MEMORY_MODELS)))
+            self.errors.append(self.err("max_steps", f"an integer from 1 to {MAX_MAX_STEPS}"))
+        memory_models = self.attempt(self.memory_models, raw.get("memory_models", list(MEMORY_MODELS)))
+        locks = self.attempt(parse_lock_rules, self, raw.get("locks"))
+        if self.errors or self.gid is None or not all(isinstance(self.doc.get(k), str) for k in ("file", "area")):
+            return self.errors  # (a [document] that is wrong is the file's error, said once)
         area = self.doc["area"]
         return Guarantee(
             id=self.gid, title=raw["title"].strip(), file=self.path, document=self.doc["file"],
@@ -285,7 +366,7 @@ class _Builder:
             versions=versions, needs=frozenset(needs), arch=arch, vcpus=vcpus, machine=machine,
             params=tuple(self.params.values()), threads=threads, checks=checks,
             max_steps=max_steps, markers=(area, *sorted(f"needs_{n}" for n in needs)),
-            locks=parse_lock_rules(self, raw.get("locks")),
+            locks=locks,
             memory_models=memory_models,
             quote_until=quote_until,
         )
@@ -307,29 +388,32 @@ class _Builder:
     def versions(self, value: Any) -> VersionRange:
         if not isinstance(value, dict) or "since" not in value:
             raise self.err("versions", "required: { since = 'X.Y' } and optionally until = 'X.Y'")
-        _keys(self.path, self.gid, "versions", value,
-              {"since": "", "until": "", "since_commit": "", "until_commit": ""})
+        errors: list[SpecError] = []
+        _unknown_keys(self.path, self.gid, self.prefix + "versions", value,
+                      {"since": "", "until": "", "since_commit": "", "until_commit": ""}, errors)
         for k in ("since", "until"):
             if k in value:
                 if not isinstance(value[k], str):
-                    raise self.err(f"versions.{k}", f"a version string such as '6.12' (got {value[k]!r})")
+                    errors.append(self.err(f"versions.{k}", f"a version string such as '6.12' (got {value[k]!r})"))
+                    continue
                 try:
                     parse_version(value[k])
                 except ValueError as exc:
-                    raise self.err(f"versions.{k}", str(exc)) from None
+                    errors.append(self.err(f"versions.{k}", str(exc)))
         for k in ("since_commit", "until_commit"):
             if k in value and (not isinstance(value[k], str) or not COMMIT_RE.match(value[k])):
-                raise self.err(f"versions.{k}", f"a kernel commit id of 12 to 40 lower-case hex digits "
-                                                f"(got {value[k]!r})")
+                errors.append(self.err(f"versions.{k}", f"a kernel commit id of 12 to 40 lower-case hex digits "
+                                                        f"(got {value[k]!r})"))
         if "until_commit" in value and "until" not in value:
-            raise self.err("versions.until_commit", "until_commit cites the end of the range: give until too")
+            errors.append(self.err("versions.until_commit", "until_commit cites the end of the range: give until too"))
+        raise_all(errors)
         rng = VersionRange(str(value["since"]), value.get("until"), value.get("since_commit"),
                            value.get("until_commit"))
         if rng.until is not None and parse_version(rng.until) < parse_version(rng.since):
             raise self.err("versions", f"until {rng.until} is before since {rng.since}")
         return rng
 
-    def quote_until(self, value: Any, versions: VersionRange) -> tuple[tuple[str, str], ...]:
+    def quote_until(self, value: Any, versions: VersionRange | None) -> tuple[tuple[str, str], ...]:
         """Older wordings of the quote: (last release with these words, words), oldest first."""
         if value is None:
             return ()
@@ -343,7 +427,7 @@ class _Builder:
                 raise self.err(f"quote_until.{k}", str(exc)) from None
             if not isinstance(words, str) or not words.strip():
                 raise self.err(f"quote_until.{k}", "the older words, a non-empty string")
-            if not versions.contains(k) or k == versions.until:
+            if versions is not None and (not versions.contains(k) or k == versions.until):
                 raise self.err(f"quote_until.{k}", f"{k} must be a release inside the range {versions} "
                                                    f"and before its end")
             out.append((v, k, " ".join(words.split())))
@@ -403,7 +487,7 @@ class _Builder:
         raise self.err("vcpus", "an integer from 1 to 64, or an expression naming a parameter")
 
     def expr(self, key: str, source: Any, extra: set[str]) -> Expr:
-        known = self.params.keys() | self.constants.keys() | self.bindings | extra | {"nr_vcpus"}
+        known = self.params.keys() | self.declared | self.constants.keys() | self.bindings | extra | {"nr_vcpus"}
         try:
             return parse(source, known.__contains__)
         except ExprError as exc:
@@ -413,7 +497,7 @@ class _Builder:
                 if m:  # the guess goes right after the misspelt name
                     guess = did_you_mean(m[1], known)
                     message = message.replace(repr(m[1]), repr(m[1]) + guess, 1)
-                hint = f"; known names: parameters ({', '.join(self.params) or 'none'}), bindings " \
+                hint = f"; known names: parameters ({', '.join([*self.params, *self.declared]) or 'none'}), bindings " \
                        f"({', '.join(sorted(self.bindings)) or 'none'}), observables " \
                        f"({', '.join(sorted(extra)) or 'none'}) and the facets' constants"
             raise self.err(key, f"{message}{hint}") from None
@@ -421,54 +505,83 @@ class _Builder:
     def value(self, key: str, v: Any, extra: set[str]) -> Any:
         return self.expr(key, v, extra) if isinstance(v, str) else v
 
-    def threads(self, raw: Any) -> tuple[Thread, ...]:
+    def threads(self, raw: Any, misspelt: bool = False) -> tuple[Thread, ...]:
         if not isinstance(raw, list) or not raw:
+            if misspelt:
+                return ()
             raise self.err("thread", "at least one [[guarantee.thread]] is required")
         # Bindings are visible everywhere (as None until their step ran).
         for ti, t in enumerate(raw):
             if not isinstance(t, dict):
-                raise self.err(f"thread[{ti}]", "must be a table")
+                continue  # said below
             for si, s in enumerate(t.get("steps", []) if isinstance(t.get("steps", []), list) else []):
                 if isinstance(s, dict) and isinstance(s.get("as"), str):
                     b = s["as"]
                     if not NAME_RE.fullmatch(b) or b in self.params or b in self.constants or b in self.bindings:
-                        raise self.err(f"thread[{ti}].steps[{si}].as",
-                                       f"binding {b!r} must be a new identifier")
-                    self.bindings.add(b)
+                        self.errors.append(self.err(f"thread[{ti}].steps[{si}].as",
+                                                    f"binding {b!r} must be a new identifier"))
+                    else:
+                        self.bindings.add(b)
         out, names = [], set()
         for ti, t in enumerate(raw):
-            key = f"thread[{ti}]"
-            _keys(self.path, self.gid, key, t, THREAD_KEYS)
-            name = t.get("name")
-            if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in names:
-                raise self.err(f"{key}.name", "a unique identifier is required")
-            names.add(name)
-            vcpu = t.get("vcpu")
-            per_vcpu = t.get("per_vcpu", False)
-            if not isinstance(per_vcpu, bool):
-                raise self.err(f"{key}.per_vcpu", f"true or false (got {per_vcpu!r})")
-            if vcpu is not None and (not _is_int(vcpu) or not 0 <= vcpu < self.max_vcpus):
-                raise self.err(f"{key}.vcpu", f"a vCPU index from 0 to {self.max_vcpus - 1} (got {vcpu!r})")
-            raw_steps = t.get("steps", [])
-            if not isinstance(raw_steps, list):
-                raise self.err(f"{key}.steps", f"an array of step tables (got {raw_steps!r})")
-            if len(raw_steps) > MAX_FIXED_STEPS:
-                raise self.err(f"{key}.steps", f"at most {MAX_FIXED_STEPS} steps per thread "
-                                               f"(this one has {len(raw_steps)})")
-            if per_vcpu and vcpu is not None:
-                raise self.err(f"{key}.per_vcpu", "per_vcpu threads get their vcpu from the copy; drop `vcpu`")
-            loop = {"vcpu"} if per_vcpu else set()
-            steps = tuple(self.step(f"{key}.steps[{si}]", s, loop, vcpu, per_vcpu)
-                          for si, s in enumerate(t.get("steps", [])))
-            seq = self.sequence(f"{key}.sequence", t["sequence"], loop, vcpu, per_vcpu) \
-                if "sequence" in t else None
-            if not steps and not seq:
-                raise self.err(key, "a thread needs steps or a sequence")
-            out.append(Thread(name, vcpu, per_vcpu, steps, seq))
+            thread = self.attempt(self.thread, f"thread[{ti}]", t, names)
+            if thread is not None:
+                out.append(thread)
         return tuple(out)
 
+    def thread(self, key: str, t: Any, names: set[str]) -> Thread | None:
+        """One thread, every error of it (None when it had some)."""
+        if not isinstance(t, dict):
+            raise self.err(key, "must be a table")
+        before = len(self.errors)
+        meant = self.keys(key, t, THREAD_KEYS)
+        name = t.get("name")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in names:
+            if "name" not in meant:
+                self.errors.append(self.err(f"{key}.name", "a unique identifier is required"))
+        else:
+            names.add(name)
+        # Whose thread it is decides which calls are allowed in it: when that is wrong, the
+        # steps are still checked, but not against it (no second error for the same mistake).
+        sure = True
+        vcpu = t.get("vcpu")
+        per_vcpu = t.get("per_vcpu", False)
+        if not isinstance(per_vcpu, bool):
+            self.errors.append(self.err(f"{key}.per_vcpu", f"true or false (got {per_vcpu!r})"))
+            per_vcpu, sure = False, False
+        if vcpu is not None and (not _is_int(vcpu) or not 0 <= vcpu < self.max_vcpus):
+            self.errors.append(self.err(f"{key}.vcpu", f"a vCPU index from 0 to {self.max_vcpus - 1} "
+                                                       f"(got {vcpu!r})"))
+            vcpu, sure = None, False
+        if per_vcpu and vcpu is not None:
+            self.errors.append(self.err(f"{key}.per_vcpu", "per_vcpu threads get their vcpu from the copy; "
+                                                           "drop `vcpu`"))
+            sure = False
+        raw_steps = t.get("steps", [])
+        if not isinstance(raw_steps, list):
+            self.errors.append(self.err(f"{key}.steps", f"an array of step tables (got {clip(raw_steps)})"))
+            raw_steps = []
+        elif len(raw_steps) > MAX_FIXED_STEPS:
+            self.errors.append(self.err(f"{key}.steps", f"at most {MAX_FIXED_STEPS} steps per thread "
+                                                        f"(this one has {len(raw_steps)})"))
+            raw_steps = []  # not checked one by one: the count is the mistake
+        loop = {"vcpu"} if per_vcpu or not sure else set()
+        steps = tuple(self.attempt(self.step, f"{key}.steps[{si}]", s, loop, vcpu, per_vcpu, sure)
+                      for si, s in enumerate(raw_steps))
+        seq = self.attempt(self.sequence, f"{key}.sequence", t["sequence"], loop, vcpu, per_vcpu, sure) \
+            if "sequence" in t else None
+        if "steps" not in t and "sequence" not in t and not meant & {"steps", "sequence"}:
+            self.errors.append(self.err(key, "a thread needs steps or a sequence"))
+        if len(self.errors) > before:
+            return None
+        if not steps and not seq:
+            raise self.err(key, "a thread needs steps or a sequence")
+        return Thread(name, vcpu, per_vcpu, steps, seq)
+
     def step(self, key: str, raw: Any, loop: set[str], vcpu: int | None, per_vcpu: bool,
-             allow_params: bool = False, local: set[str] | None = None) -> Step:
+             sure: bool = True, allow_params: bool = False, local: set[str] | None = None) -> Step:
+        """One step, every error of it. ``sure``: the thread's vcpu is known (else a call that
+        must run on a vCPU's own thread is not judged: the thread's error says it already)."""
         if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
             raise self.err(key, "a step is a table with op = '<operation>'")
         name = raw["op"]
@@ -476,64 +589,82 @@ class _Builder:
         if op is None:
             raise self.err(f"{key}.op", f"unknown operation {name!r}{did_you_mean(name, self.ops)}; "
                                         f"known: {', '.join(sorted(self.ops))}")
-        args = {}
+        errors: list[SpecError] = []
+        args: dict[str, Any] = {}
+        wrong: set[str] = set()
         for k, v in raw.items():
             if k in ("op", "as") or (allow_params and k == "params"):
                 continue
             a = op.arg(k)
             if a is None:
                 allowed = ", ".join(x.name for x in op.args) or "none"
-                raise self.err(f"{key}.{k}", f"{name} takes no argument {k!r}"
-                                             f"{did_you_mean(k, [x.name for x in op.args])}; its arguments: {allowed}")
-            if isinstance(v, str) and a.type != "str":
-                args[k] = self.expr(f"{key}.{k}", v, loop | (local or set()))
-            elif not facets.ARG_TYPES[a.type](v):
-                raise self.err(f"{key}.{k}", f"{name}.{k} must be of type {a.type} (got {v!r})")
-            elif a.type == "vcpu" and v >= (MAX_VCPUS if self.creates_vcpus else self.max_vcpus):
-                raise self.err(f"{key}.{k}", f"vCPU index {v} is out of range: the guarantee has "
-                                             f"{self.max_vcpus} vCPU(s), numbered from 0")
-            elif _is_int(v) and not INT_MIN <= v <= INT_MAX:
-                raise self.err(f"{key}.{k}", f"{v} does not fit in 64 bits")
-            else:
-                args[k] = v
+                guess = difflib.get_close_matches(k, [x.name for x in op.args], n=1, cutoff=0.75)
+                wrong.update(guess)  # the typo of an argument: not also reported missing
+                errors.append(self.err(f"{key}.{k}", f"{name} takes no argument {k!r}"
+                                       f"{did_you_mean(k, [x.name for x in op.args])}; its arguments: {allowed}"))
+                continue
+            try:
+                if isinstance(v, str) and a.type != "str":
+                    args[k] = self.expr(f"{key}.{k}", v, loop | (local or set()))
+                elif not facets.ARG_TYPES[a.type](v):
+                    raise self.err(f"{key}.{k}", f"{name}.{k} must be of type {a.type} (got {clip(v)})")
+                elif a.type == "vcpu" and v >= (MAX_VCPUS if self.creates_vcpus else self.max_vcpus):
+                    raise self.err(f"{key}.{k}", f"vCPU index {v} is out of range: the guarantee has "
+                                                 f"{self.max_vcpus} vCPU(s), numbered from 0")
+                elif _is_int(v) and not INT_MIN <= v <= INT_MAX:
+                    raise self.err(f"{key}.{k}", f"{v} does not fit in 64 bits")
+                else:
+                    args[k] = v
+            except SpecError as exc:
+                errors.append(exc)
+                wrong.add(k)
         for a in op.args:
-            if a.name not in args:
+            if a.name not in args and a.name not in wrong:
                 if not a.optional:
-                    raise self.err(key, f"{name} needs argument {a.name!r} ({a.doc or a.type})")
+                    errors.append(self.err(key, f"{name} needs argument {a.name!r} ({a.doc or a.type})"))
                 args[a.name] = a.default
-        if op.vcpu_thread:
+        if op.vcpu_thread and sure and "vcpu" not in wrong:
             target = args.get("vcpu")
             ok = per_vcpu and isinstance(target, Expr) and target.source == "vcpu" \
                 or (vcpu is not None and target == vcpu)
             if not ok:
-                raise self.err(key, f"{name} runs on the vCPU's own thread: call it from a thread "
-                                    f"declared with vcpu = {target!r} (or per_vcpu with vcpu = 'vcpu')")
+                errors.append(self.err(key, f"{name} runs on the vCPU's own thread: call it from a thread "
+                                            f"declared with vcpu = {target!r} (or per_vcpu with vcpu = 'vcpu')"))
+        raise_all(errors)
         bind = raw.get("as")
         return Step(op, tuple(args.items()), bind, key)
 
-    def sequence(self, key: str, raw: Any, loop: set[str], vcpu: int | None, per_vcpu: bool) -> Sequence:
+    def sequence(self, key: str, raw: Any, loop: set[str], vcpu: int | None, per_vcpu: bool,
+                 sure: bool = True) -> Sequence | None:
         if not isinstance(raw, dict):
             raise self.err(key, "a table with length and choose")
-        _keys(self.path, self.gid, key, raw, SEQUENCE_KEYS)
+        before = len(self.errors)
+        meant = self.keys(key, raw, SEQUENCE_KEYS)
         length = raw.get("length")
         if not (isinstance(length, list) and len(length) == 2 and all(_is_int(x) for x in length)
-                and 0 <= length[0] <= length[1] <= 200):
-            raise self.err(f"{key}.length", "[min, max] with 0 <= min <= max <= 200")
+                and 0 <= length[0] <= length[1] <= 200) and "length" not in meant:
+            self.errors.append(self.err(f"{key}.length", "[min, max] with 0 <= min <= max <= 200"))
         choose = raw.get("choose")
         if not isinstance(choose, list) or not choose:
-            raise self.err(f"{key}.choose", "a non-empty array of step templates")
+            if "choose" not in meant:
+                self.errors.append(self.err(f"{key}.choose", "a non-empty array of step templates"))
+            choose = []
         steps, params = [], []
         for ci, c in enumerate(choose):
             ckey = f"{key}.choose[{ci}]"
             local_params = c.get("params", {}) if isinstance(c, dict) else {}
             if not isinstance(local_params, dict):
-                raise self.err(f"{ckey}.params", "must be a table")
-            ps = tuple(self.param(f"{ckey}.params.{n}", n, s) for n, s in local_params.items())
+                self.errors.append(self.err(f"{ckey}.params", "must be a table"))
+                local_params = {}
+            ps = tuple(p for p in (self.attempt(self.param, f"{ckey}.params.{n}", n, s_)
+                                   for n, s_ in local_params.items()) if p is not None)
             if isinstance(c, dict) and "as" in c:
-                raise self.err(f"{ckey}.as", "generated steps cannot bind results")
-            steps.append(self.step(ckey, c, loop, vcpu, per_vcpu, allow_params=True,
-                                   local={p.name for p in ps}))
+                self.errors.append(self.err(f"{ckey}.as", "generated steps cannot bind results"))
+            local = set(local_params)  # a wrong parameter is still declared: no unknown-name error
+            steps.append(self.attempt(self.step, ckey, c, loop, vcpu, per_vcpu, sure, True, local))
             params.append(ps)
+        if len(self.errors) > before:
+            return None  # its errors are kept
         return Sequence(length[0], length[1], tuple(steps), tuple(params))
 
     def checks(self, raw: Any) -> tuple[Check, ...]:
@@ -541,32 +672,45 @@ class _Builder:
             raise self.err("check", "at least one [[guarantee.check]] is required")
         out = []
         for i, c in enumerate(raw):
-            key = f"check[{i}]"
-            if not isinstance(c, dict):
-                raise self.err(key, "must be a table")
-            _keys(self.path, self.gid, key, c, CHECK_KEYS)
-            kinds = [k for k in CHECK_KINDS if k in c]
-            if len(kinds) != 1:
-                raise self.err(key, f"exactly one of {', '.join(CHECK_KINDS)} is required")
+            check = self.attempt(self.check, f"check[{i}]", c)
+            if check is not None:
+                out.append(check)
+        return tuple(out)
+
+    def check(self, key: str, c: Any) -> Check | None:
+        """One check, every error of it (None when it had some)."""
+        if not isinstance(c, dict):
+            raise self.err(key, "must be a table")
+        before = len(self.errors)
+        meant = self.keys(key, c, CHECK_KEYS)
+        kinds = [k for k in CHECK_KINDS if k in c]
+        expr = when = None
+        if len(kinds) != 1:
+            if not (not kinds and meant & set(CHECK_KINDS)):
+                self.errors.append(self.err(key, f"exactly one of {', '.join(CHECK_KINDS)} is required"))
+            kind = kinds[0] if kinds else ""
+        else:
             kind = kinds[0]
             names = self.roots | ({"old"} if kind == "always" else set())
-            expr = self.expr(f"{key}.{kind}", c[kind], names)
-            when = None
+            expr = self.attempt(self.expr, f"{key}.{kind}", c[kind], names)
             if "when" in c:
                 if kind != "always":
-                    raise self.err(f"{key}.when", "only `always` checks take `when`")
-                when = self.expr(f"{key}.when", c["when"], names)
-            message = c.get("message", "")
-            if not isinstance(message, str):
-                raise self.err(f"{key}.message", "a string")
-            obligation = c.get("obligation", "kvm")
-            if obligation not in OBLIGATIONS:
-                raise self.err(f"{key}.obligation", f"one of {', '.join(map(repr, OBLIGATIONS))} (got {obligation!r})")
-            if obligation == "userspace" and kind == "exists":
-                raise self.err(f"{key}.obligation", "an `exists` check says what the workload reaches; "
-                                                    "only always/final/never checks carry an obligation")
-            out.append(Check(kind, expr, when, message, obligation))
-        return tuple(out)
+                    self.errors.append(self.err(f"{key}.when", "only `always` checks take `when`"))
+                else:
+                    when = self.attempt(self.expr, f"{key}.when", c["when"], names)
+        message = c.get("message", "")
+        if not isinstance(message, str):
+            self.errors.append(self.err(f"{key}.message", "a string"))
+        obligation = c.get("obligation", "kvm")
+        if obligation not in OBLIGATIONS:
+            self.errors.append(self.err(f"{key}.obligation",
+                                        f"one of {', '.join(map(repr, OBLIGATIONS))} (got {clip(obligation)})"))
+        elif obligation == "userspace" and kind == "exists":
+            self.errors.append(self.err(f"{key}.obligation", "an `exists` check says what the workload reaches; "
+                                                             "only always/final/never checks carry an obligation"))
+        if len(self.errors) > before or expr is None:
+            return None
+        return Check(kind, expr, when, message, obligation)
 
 
 def _is_int(x: Any) -> bool:

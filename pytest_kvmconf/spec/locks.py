@@ -52,64 +52,80 @@ class _Builder(Protocol):
 
 
 def parse_lock_rules(builder: _Builder, raw: Any) -> LockRules | None:
-    """Validate ``[guarantee.locks]`` (None when absent); errors name the key path."""
+    """Validate ``[guarantee.locks]`` (None when absent); errors name the key path. Every
+    rule is checked, and all the errors are raised together (the loader's ``raise_all``)."""
     if raw is None:
         return None
     from .. import facets
     from ..facets.locking import DATA, LOCKS
+    from .loader import raise_all
 
     if not isinstance(raw, dict) or not raw:
         raise builder.err("locks", f"a table with some of: {', '.join(LOCK_KEYS)}")
+    errors: list[Any] = []
     for k in raw:
         if k not in LOCK_KEYS:
-            raise builder.err(f"locks.{k}", f"unknown key {k!r}; allowed: {', '.join(LOCK_KEYS)}")
+            errors.append(builder.err(f"locks.{k}", f"unknown key {k!r}; allowed: {', '.join(LOCK_KEYS)}"))
 
     def lock(key: str, v: Any) -> str:
         if not isinstance(v, str) or v not in LOCKS:
-            raise builder.err(key, f"unknown lock {v!r}; known: {', '.join(LOCKS)}")
+            errors.append(builder.err(key, f"unknown lock {v!r}; known: {', '.join(LOCKS)}"))
         return v
 
     def locks(key: str) -> tuple[str, ...]:
         v = raw.get(key, [])
         if not isinstance(v, list):
-            raise builder.err(f"locks.{key}", LOCK_KEYS[key])
+            errors.append(builder.err(f"locks.{key}", LOCK_KEYS[key]))
+            return ()
         return tuple(lock(f"locks.{key}[{i}]", x) for i, x in enumerate(v))
 
     def pairs(key: str) -> tuple[tuple[str, str], ...]:
         v = raw.get(key, [])
         if not isinstance(v, list) or not all(isinstance(p, list) and len(p) == 2 for p in v):
-            raise builder.err(f"locks.{key}", LOCK_KEYS[key])
+            errors.append(builder.err(f"locks.{key}", LOCK_KEYS[key]))
+            return ()
         return tuple((lock(f"locks.{key}[{i}][0]", a), lock(f"locks.{key}[{i}][1]", b))
                      for i, (a, b) in enumerate(v))
 
     ops = facets.all_ops()
     scoped = []
-    for i, t in enumerate(raw.get("not_in_ops", [])):
+    in_ops = raw.get("not_in_ops", [])
+    if not isinstance(in_ops, list):
+        errors.append(builder.err("locks.not_in_ops", LOCK_KEYS["not_in_ops"]))
+        in_ops = []
+    for i, t in enumerate(in_ops):
         key = f"locks.not_in_ops[{i}]"
         if not isinstance(t, dict) or set(t) != {"ops", "locks"} or not all(
                 isinstance(t[k], list) for k in t):
-            raise builder.err(key, LOCK_KEYS["not_in_ops"])
+            errors.append(builder.err(key, LOCK_KEYS["not_in_ops"]))
+            continue
         for o in t["ops"]:
             if not isinstance(o, str) or o not in ops:
-                raise builder.err(f"{key}.ops", f"unknown operation {o!r}")
-        scoped.append((frozenset(t["ops"]), frozenset(lock(f"{key}.locks", x) for x in t["locks"])))
+                errors.append(builder.err(f"{key}.ops", f"unknown operation {o!r}"))
+        named = [lock(f"{key}.locks", x) for x in t["locks"]]
+        scoped.append((frozenset(o for o in t["ops"] if isinstance(o, str)),
+                       frozenset(x for x in named if isinstance(x, str))))
     protects = raw.get("protects", {})
     if not isinstance(protects, dict):
-        raise builder.err("locks.protects", LOCK_KEYS["protects"])
+        errors.append(builder.err("locks.protects", LOCK_KEYS["protects"]))
+        protects = {}
     prot = []
     for name, data in protects.items():
         key = f"locks.protects.{name}"
         lock(key, name)
         if not isinstance(data, list) or not data:
-            raise builder.err(key, "a non-empty list of data names")
+            errors.append(builder.err(key, "a non-empty list of data names"))
+            continue
         for d in data:
             if not isinstance(d, str) or d not in DATA:
-                raise builder.err(key, f"unknown data {d!r}; known: {', '.join(DATA)}")
+                errors.append(builder.err(key, f"unknown data {d!r}; known: {', '.join(DATA)}"))
         prot.append((name, tuple(data)))
     free = raw.get("deadlock_free", False)
     if not isinstance(free, bool):
-        raise builder.err("locks.deadlock_free", "true or false")
-    return LockRules(order=pairs("order"), leaves=locks("leaves"), not_in_srcu=locks("not_in_srcu"),
-                     only_under=pairs("only_under"), not_in_ops=tuple(scoped),
-                     released_before_sync=locks("released_before_sync"), protects=tuple(prot),
-                     deadlock_free=free)
+        errors.append(builder.err("locks.deadlock_free", "true or false"))
+    rules = LockRules(order=pairs("order"), leaves=locks("leaves"), not_in_srcu=locks("not_in_srcu"),
+                      only_under=pairs("only_under"), not_in_ops=tuple(scoped),
+                      released_before_sync=locks("released_before_sync"), protects=tuple(prot),
+                      deadlock_free=free is True)
+    raise_all(errors)
+    return rules
