@@ -18,7 +18,7 @@ from pytest_kvmconf.engine import guard, leftover, workers
 from pytest_kvmconf.engine.explore import explore
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule
 from pytest_kvmconf.engine.schedule import Schedule
-from pytest_kvmconf.errors import BackendError, BackendFault, ViolationFound
+from pytest_kvmconf.errors import BackendError, BackendFault, BackendHang, ViolationFound
 from pytest_kvmconf.facets.requests import KVM_REQUEST_MASK
 from pytest_kvmconf.registry import resolve
 from pytest_kvmconf.spec.loader import load_file
@@ -162,6 +162,66 @@ def test_off_the_main_thread_a_blocking_generator_run_is_abandoned_on_a_worker()
         time.sleep(0.01)
     assert not any(x.ident == seen[0] for x in threading.enumerate())
     assert not workers.abandoned()
+
+
+def _blocks(gate: threading.Event) -> Any:
+    def method(*args: Any, **kwargs: Any) -> Any:
+        gate.wait()  # nobody sets it while the run lasts
+
+    return method
+
+
+@pytest.mark.parametrize("method", ["new_machine", "close"])
+def test_a_backend_method_that_blocks_outside_an_operation_is_interrupted(method: str) -> None:
+    """new_machine() and close() run on the engine's thread outside any operation: one that
+    blocks hung pytest for good. They get METHOD_SLACK point timeouts, then are interrupted."""
+    gate = threading.Event()
+    b = type("B", (Backend,), {"new_machine": _blocks(gate)})() if method == "new_machine" \
+        else backend(close=_blocks(gate))
+    start = time.monotonic()
+    with pytest.raises(BackendHang) as info:
+        run_schedule(_g(), b, schedule(), RunOptions("6.18", point_timeout=0.25))
+    assert time.monotonic() - start < 10
+    msg = str(info.value)
+    assert msg.startswith(f"backend 'bad': {method}(): no return for 1 s or more (it blocks or loops); "
+                          "interrupted"), msg
+    assert "gate.wait()" in msg and "guard.py" not in msg, msg  # the backend's frames, not the engine's
+    assert not gate.is_set()
+
+
+def test_a_thread_backend_whose_observe_blocks_on_its_hung_thread_does_not_hang_the_run() -> None:
+    """The op takes the machine's lock and hangs; observe() waits for that lock on the engine's
+    thread. The hang is the verdict, and the run ends."""
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    def kvm_make_request(self: Any, req: int, vcpu: int, state: Any = None) -> Any:
+        with lock:
+            gate.wait()
+
+    def observe(self: Any) -> Any:
+        with lock:
+            return Machine.observe(self)
+
+    b = backend(execution="threads", kvm_make_request=kvm_make_request, observe=observe)
+    start = time.monotonic()
+    try:
+        out = run_schedule(_g(), b, schedule(), RunOptions("6.18", point_timeout=0.25))
+    finally:
+        gate.set()
+    assert time.monotonic() - start < 10
+    assert out.violation is not None and out.violation.kind == "hang", out.violation
+    assert "gate.wait()" in out.violation.message, out.violation.message
+    assert out.final_state == {"observe() failed": "see above"}
+
+
+def test_a_generator_run_op_that_returns_no_generator_is_one_paragraph() -> None:
+    with pytest.raises(BackendFault) as info:
+        run_schedule(_g(), backend(run_op=lambda self, ctx, op, args: None), schedule(), RunOptions("6.18"))
+    msg = str(info.value)
+    assert msg.startswith("backend 'bad': run_op('kvm_make_request') returned NoneType None; a generator "
+                          "machine's run_op returns a generator"), msg
+    assert "\n" not in msg
 
 
 _G: list[Any] = []

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..backend import Machine, ThreadContext
 from ..scheduling import Point, Wait
+from . import guard
 from .plan import PlannedStep, ThreadPlan
 
 Formatter = Callable[[PlannedStep, dict[str, Any]], str]
@@ -78,7 +79,8 @@ def engine_op(machine: Machine, ps: PlannedStep, args: dict[str, Any]) -> tuple[
 
 class GeneratorHandle(Handle):
     def __init__(self, machine: Machine, plan: ThreadPlan, fmt: Formatter, fmt_result: ResultFormatter,
-                 capture_before: bool = False):
+                 capture_before: bool = False, backend: Any = None):
+        self.backend = backend
         self.name, self.vcpu = plan.name, plan.vcpu
         self.machine, self.plan = machine, plan
         self.fmt, self.fmt_result = fmt, fmt_result
@@ -100,7 +102,10 @@ class GeneratorHandle(Handle):
             if handled:
                 yield Point(label)
             else:
-                result = yield from self.machine.run_op(self.ctx, ps.step.op.name, args)
+                ops = self.machine.run_op(self.ctx, ps.step.op.name, args)
+                if not hasattr(ops, "__iter__"):  # `yield from` would fail inside the engine
+                    raise guard.wrong_run_op(self.backend, ps.step.op.name, ops)
+                result = yield from ops
             self.plan.bind(ps, result)
             yield Returned(ps.step.op.name, args, result, before, self.fmt_result(ps, result))
 

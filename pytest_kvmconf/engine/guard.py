@@ -1,9 +1,12 @@
 """The engine's side of the backend contract: a backend is foreign code, so every call the
 engine makes into it outside an operation is checked, and a generator backend's run is watched.
 
-* :func:`new_machine` and :func:`close`: a method that raises or returns the wrong type becomes a
-  :class:`~pytest_kvmconf.errors.BackendFault`, one paragraph naming the backend and the method
-  (not a traceback through the engine, and never a condition error downstream).
+* :func:`new_machine`, :func:`observe` and :func:`close`: a method that raises or returns the
+  wrong type becomes a :class:`~pytest_kvmconf.errors.BackendFault`, one paragraph naming the
+  backend and the method (not a traceback through the engine, and never a condition error
+  downstream); one that blocks (on a lock its hung thread holds, on a device that never
+  answers) is interrupted like a hung run, a :class:`~pytest_kvmconf.errors.BackendHang`
+  naming the method, with its stack (:func:`bounded`).
 * :func:`check_state`: ``observe()`` must return a mapping.
 * :func:`watched`: a generator backend's schedule is watched with the same wall-clock bound as
   thread backends (``point_timeout`` without progress), so a backend blocking or looping forever
@@ -49,9 +52,29 @@ def _raised(backend: Any, method: str, exc: BaseException) -> BackendFault:
     return BackendFault(f"backend {_name(backend)}: {method} raised {type(exc).__name__}: {exc}{where}")
 
 
-def new_machine(backend: Backend, config: MachineConfig) -> Machine:
+#: new_machine() and close() may do real work (a live VM's creation and teardown): they get this
+#: many point timeouts before they count as hung; observe() reads state and gets one.
+METHOD_SLACK = 4
+
+#: ``_inside.watched``: this thread is running a watched run, whose watch covers what it calls.
+_inside = threading.local()
+
+
+def bounded(backend: Any, method: str, call: Callable[[], Any], timeout: float) -> Any:
+    """``call()``, a backend method the engine calls outside an operation, watched like a
+    generator run: blocking for ``timeout`` seconds it is a BackendHang naming the method."""
+    if getattr(_inside, "watched", False):
+        return call()
+    box: list[Any] = []
+    progress = Progress()
+    progress.where = ""
+    watched(lambda: box.append(call()), progress, timeout, f"backend {_name(backend)}: {method}")
+    return box[0]
+
+
+def new_machine(backend: Backend, config: MachineConfig, timeout: float = 5.0) -> Machine:
     try:
-        machine = backend.new_machine(config)
+        machine = bounded(backend, "new_machine()", lambda: backend.new_machine(config), timeout * METHOD_SLACK)
     except KvmconfError:
         raise
     except Exception as exc:
@@ -67,6 +90,12 @@ def new_machine(backend: Backend, config: MachineConfig) -> Machine:
     return machine
 
 
+def wrong_run_op(backend: Any, op: str, value: Any) -> BackendFault:
+    return BackendFault(f"backend {_name(backend)}: run_op({op!r}) returned {type(value).__name__} {clip(value)}; "
+                        "a generator machine's run_op returns a generator, which yields scheduling points "
+                        "and returns the operation's result")
+
+
 def check_state(backend: Any, state: Any) -> Mapping[str, Any]:
     if not isinstance(state, Mapping):
         raise BackendFault(f"backend {_name(backend)}: observe() returned {type(state).__name__} "
@@ -74,9 +103,9 @@ def check_state(backend: Any, state: Any) -> Mapping[str, Any]:
     return state
 
 
-def observe(backend: Any, machine: Machine) -> Mapping[str, Any]:
+def observe(backend: Any, machine: Machine, timeout: float = 5.0) -> Mapping[str, Any]:
     try:
-        state = machine.observe()
+        state = bounded(backend, "observe()", machine.observe, timeout)
     except KvmconfError:
         raise
     except Exception as exc:
@@ -84,9 +113,9 @@ def observe(backend: Any, machine: Machine) -> Mapping[str, Any]:
     return check_state(backend, state)
 
 
-def close(backend: Any, machine: Machine) -> None:
+def close(backend: Any, machine: Machine, timeout: float = 5.0) -> None:
     try:
-        machine.close()
+        bounded(backend, "close()", machine.close, timeout * METHOD_SLACK)
     except KvmconfError:
         raise
     except Exception as exc:
@@ -99,6 +128,17 @@ def clip(value: Any) -> str:
     except Exception:  # a hostile __repr__
         return ""
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def stack_lines(frame: Any) -> str:
+    """The innermost frames of a hung thread, the engine's own left out (the backend's are what
+    the reader needs), indented for the report."""
+    if frame is None:
+        return "      (no stack)"
+    own = (__file__, threading.__file__)
+    frames = [f for f in traceback.extract_stack(frame) if f.filename not in own][-STACK_DEPTH:]
+    return "\n".join("      " + line for entry in traceback.format_list(frames)
+                     for line in entry.rstrip().splitlines())
 
 
 class Progress:
@@ -127,10 +167,13 @@ def watched(run: Callable[[], None], progress: Progress, timeout: float, what: s
     error: list[BaseException] = []
 
     def target() -> None:
+        _inside.watched = True
         try:
             run()
         except BaseException as exc:  # handed to the engine's thread
             error.append(exc)
+        finally:
+            _inside.watched = False
 
     job = Job(target, what)
     job.start()
@@ -142,11 +185,9 @@ def watched(run: Callable[[], None], progress: Progress, timeout: float, what: s
         if progress.count == seen:
             job.discard()
             frame = sys._current_frames().get(job.ident or -1)
-            stack = traceback.format_list(traceback.extract_stack(frame)[-STACK_DEPTH:]) if frame else []
-            lines = "".join("      " + ln for s in stack for ln in s.rstrip().splitlines(True)).rstrip()
+            lines = stack_lines(frame)
             raise BackendHang(
-                f"{what}: the backend made no progress for {timeout:g} s (it blocks or loops inside an "
-                f"operation), last at {progress.where!r}; its thread, kvmconf:{what}, is abandoned "
+                f"{what}: {_stalled(progress, timeout)}; its thread, kvmconf:{what}, is abandoned "
                 f"(a daemon: it cannot keep pytest from exiting)\n    stack:\n{lines}")
         seen = progress.count
     if error:
@@ -205,9 +246,11 @@ class _Watchdog:
         self.current = (progress, timeout, what)
         if self.parked:
             self.wake.set()
+        _inside.watched = True
         try:
             run()
         finally:
+            _inside.watched = False
             self.current = None
 
     def _interrupt(self, signum: int, frame: Any) -> None:
@@ -247,11 +290,16 @@ class _Watchdog:
 
     def _fire(self, main: threading.Thread, progress: Progress, timeout: float, what: str) -> None:
         frame = sys._current_frames().get(main.ident or -1)
-        stack = traceback.format_list(traceback.extract_stack(frame)[-STACK_DEPTH:]) if frame else []
-        lines = "".join("      " + ln for s in stack for ln in s.rstrip().splitlines(True)).rstrip()
-        self.report = (f"{what}: the backend made no progress for {timeout:g} s or more (it blocks or loops "
-                       f"inside an operation), last at {progress.where!r}; interrupted\n    stack:\n{lines}")
+        lines = stack_lines(frame)
+        self.report = f"{what}: {_stalled(progress, timeout)}; interrupted\n    stack:\n{lines}"
         signal.pthread_kill(main.ident or 0, HANG_SIGNAL)
+
+
+def _stalled(progress: Progress, timeout: float) -> str:
+    if not progress.where:  # a backend method, named in ``what``
+        return f"no return for {timeout:g} s or more (it blocks or loops)"
+    return (f"the backend made no progress for {timeout:g} s or more (it blocks or loops inside an "
+            f"operation), last at {progress.where!r}")
 
 
 _WATCHDOG = _Watchdog()

@@ -74,9 +74,9 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
                            machine_options, options.free, g.needs, options.memory_model)
     plans = make_plans(g, schedule, nr_vcpus, env, bindings)
     outcome = Outcome(g, schedule, params, [p.name for p in plans], [], None)
-    machine = guard.new_machine(backend, config)
+    machine = guard.new_machine(backend, config, options.point_timeout)
     if options.free and getattr(machine, "execution", "generator") != "threads":
-        guard.close(backend, machine)
+        guard.close(backend, machine, options.point_timeout)
         raise UsageError(f"--kvm-schedule=free runs a thread backend's OS threads preemptively; backend "
                          f"{getattr(backend, 'name', '?')!r} runs its machines as generators")
     handles: list[Handle] = []
@@ -91,10 +91,12 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
 
             handles = thread_handles(machine, plans, fmt.call, fmt.result, options,
                                      capture_before=capture, schedule=schedule)
-            _Scheduler(g, backend, machine, handles, schedule, outcome, env, bindings, judged, chooser).run()
+            _Scheduler(g, backend, machine, handles, schedule, outcome, env, bindings, judged, chooser,
+                       timeout=options.point_timeout).run()
         else:
-            handles = [GeneratorHandle(machine, p, fmt.call, fmt.result, capture) for p in plans]
-            sched = _Scheduler(g, backend, machine, handles, schedule, outcome, env, bindings, judged, chooser)
+            handles = [GeneratorHandle(machine, p, fmt.call, fmt.result, capture, backend) for p in plans]
+            sched = _Scheduler(g, backend, machine, handles, schedule, outcome, env, bindings, judged, chooser,
+                               timeout=options.point_timeout)
             try:
                 guard.watched(sched.run, sched.progress, options.point_timeout, f"{g.id} generator run")
             except BackendHang as exc:  # the worker is abandoned: report from a copy it cannot touch
@@ -105,7 +107,12 @@ def run_schedule(g: Guarantee, backend: Backend, schedule: Schedule, options: Ru
     finally:
         for h in handles:
             h.close()
-        guard.close(backend, machine)
+        try:
+            guard.close(backend, machine, options.point_timeout)
+        except BackendHang as exc:  # after a finding: the finding stays the verdict, with this note
+            if outcome.violation is None:
+                raise
+            outcome.violation.message += f"\nThen close() blocked: {exc}"
     left = [f"kvmconf:{h.name}" for h in handles if getattr(h, "abandoned", False)]
     if left and outcome.violation is not None:
         outcome.violation.message += (
@@ -181,9 +188,16 @@ def _spec_value(g: Guarantee, key: str, expr: Expr, env: Mapping[str, Any]) -> A
 class _Scheduler:
     def __init__(self, g: Guarantee, backend: Any, machine: Any, handles: list[Handle], schedule: Schedule,
                  outcome: Outcome, env: dict[str, Any], bindings: dict[str, Any], judged: list[Check],
-                 chooser: Any = None):
+                 chooser: Any = None, timeout: float = 5.0):
         self.g, self.backend, self.machine, self.handles = g, backend, machine, handles
         self.progress = guard.Progress()
+        self.timeout = timeout
+        # A thread backend's observe() runs here, on the engine's thread, outside any watched run:
+        # one that blocks (on a lock a hung thread holds) must not hang the run with it.
+        if getattr(machine, "execution", "generator") == "threads":
+            self.observe_now = functools.partial(guard.bounded, backend, "observe()", machine.observe, timeout)
+        else:
+            self.observe_now = machine.observe  # inside the watched generator run already
         self.judged = {id(c) for c in judged}  # the checks this backend answers for (backend.judges)
         self.chooser = chooser or Chooser(schedule.tape)
         self.outcome = outcome
@@ -217,7 +231,7 @@ class _Scheduler:
         out, handles = self.outcome, self.handles
         current: Handle | None = None
         chooser = self.chooser
-        state = guard.observe(self.backend, self.machine) if self.need_old else None
+        state = guard.observe(self.backend, self.machine, self.timeout) if self.need_old else None
         # tso/lkmm: buffered stores and stale copies are runnable entities beside the threads,
         # so when they take effect is a decision on the same tape (engine.memory).
         memory = getattr(self.machine, "memory", None)
@@ -262,7 +276,7 @@ class _Scheduler:
                         "(a thread loops without reaching a wait or its end)")
                     break
                 if self.always:
-                    state = self.machine.observe()
+                    state = self.observe_now()
                     if type(state) is not dict:
                         guard.check_state(self.backend, state)
                     step = _step(h)
@@ -290,7 +304,7 @@ class _Scheduler:
             out.violation = Violation("error", f"the backend raised {type(exc).__name__}: {exc}\n{tb}")
         out.positions = [h.describe() for h in handles]
         try:
-            out.final_state = guard.observe(self.backend, self.machine)
+            out.final_state = guard.observe(self.backend, self.machine, self.timeout)
         except BackendFault:
             if out.violation is None:
                 raise

@@ -46,7 +46,9 @@ Rules a backend keeps:
    or it failed elsewhere) is unwound by an exception raised out of
    ``point``/``wait_until``/``wait_on``.
 3. ``observe()`` must not block and reads the state as it is: the engine calls
-   it only while every thread stands at a point or in a wait.
+   it only while every thread stands at a point or in a wait (or after one hung:
+   an observe() that then blocks on that thread's lock is interrupted, see
+   ``guard.bounded``).
 4. Keep no per-OS-thread state across schedules: spec threads run on pooled
    daemon workers that the next schedule reuses (:mod:`.workers`; a worker
    whose thread hung is discarded, and the pool ends with the session).
