@@ -218,45 +218,8 @@ MANY_ERRORS = HEAD.replace('area = "requests"', 'area = "requests"\nauthor = "me
     [[guarantee.check]]
     finl = "True"
 
-    [[guarantee]]
-    id = "HOS-02"
-    title = "the second guarantee is checked too"
-    section = "Overview"
-    quote = "Make request @req of VCPU @vcpu."
-    versions = { since = "4.13" }
-    max_steps = 0
-    locks = { leaves = ["kvm->no_such_lock"], deadlock_free = "yes" }
-    [[guarantee.thread]]
-    name = "requester"
-    steps = [{ op = "kvm_make_request", req = 0, vcpu = 0 }]
-    [[guarantee.check]]
-    final = "True"
-
-    [[guarantee]]
-    id = "HOS 04"
-    title = "a wrong id: the rest is checked, named by its place in the file"
-    section = "Overview"
-    quote = "Make request @req of VCPU @vcpu."
-    versions = { since = "4.13" }
-    arch = "pdp11"
-    [[guarantee.thread]]
-    name = "requester"
-    steps = [{ op = "kvm_make_request", req = 0, vcpu = 0 }]
-    [[guarantee.check]]
-    final = "True"
-
-    [[guarantee]]
-    id = "HOS-03"
-    title = "a correct guarantee beside them"
-    section = "Overview"
-    quote = "Make request @req of VCPU @vcpu."
-    versions = { since = "4.13" }
-    [[guarantee.thread]]
-    name = "requester"
-    steps = [{ op = "kvm_make_request", req = 0, vcpu = 0 }]
-    [[guarantee.check]]
-    final = "True"
-    ''')
+    ''') + guarantee("HOS-02", top='max_steps = 0\nlocks = { leaves = ["kvm->no_such_lock"], deadlock_free = "yes" }') \
+    + guarantee("HOS 04", top='arch = "pdp11"') + guarantee("HOS-03")
 
 #: (guarantee, key) of every mistake above, once each: a wrong parameter (n, m) named by a step
 #: or a condition, or a thread whose vCPU is wrong, gives no second error.
