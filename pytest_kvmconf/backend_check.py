@@ -66,6 +66,15 @@ FORMER_NAMES = {
     "clear_track_bits": "mmu_spte_clear_track_bits", "_propagate_ad": "set_pfn_accessed_dirty",
     "_mark_spte_for_access_track": "mmu_spte_age", "mark_for_access_track": "mmu_spte_age",
     "_access_track": "mark_spte_for_access_track",
+    # attr
+    "_pmu_set": "kvm_arm_pmu_v3_set_attr", "arm_pmu_set_attr": "kvm_arm_pmu_v3_set_attr",
+    "_valid_pmu_irq": "valid_pmu_irq", "_pmu_irq_consistent": "pmu_irq_is_valid", "_pmu_init": "kvm_arm_pmu_v3_init",
+    "_pmu_get": "kvm_arm_pmu_v3_get_attr", "_timer_set": "kvm_arm_timer_set_attr",
+    "arm_timer_set_attr": "kvm_arm_timer_set_attr", "_timer_irqs_immutable": "timer_ppis_immutable",
+    "_valid_timer_irq": "valid_timer_irq", "_timer_set_targets": "timer_set_targets",
+    "_timer_get": "kvm_arm_timer_get_attr", "_new_vcpu_timer_irqs": "new_vcpu_timer_irqs",
+    "_first_run": "kvm_arch_vcpu_run_pid_change", "arm_first_run": "kvm_arch_vcpu_run_pid_change",
+    "_timer_irqs_are_valid": "timer_irqs_are_valid",
 }
 
 

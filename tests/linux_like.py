@@ -20,7 +20,7 @@ class LinuxPmuIrq(ReferenceMachine):
     and an SPI differ from every vCPU's, the vCPU's own included; an SPI after another vCPU's
     PPI is accepted (only SPIs are compared for equality)."""
 
-    def _pmu_irq_consistent(self, c: ArmVcpu, irq: int) -> bool:
+    def pmu_irq_is_valid(self, c: ArmVcpu, irq: int) -> bool:
         for vcpu in self.arm_vm.vcpus:
             if vcpu.pmu_irq < 0:
                 continue
@@ -36,10 +36,10 @@ class LinuxVmWideTimers(ReferenceMachine):
     kvm_arm_timer_set_attr() and read through timer_irq() in arch/arm64/kvm/arch_timer.c):
     a vCPU created later uses them too."""
 
-    def _new_vcpu_timer_irqs(self) -> tuple[int, int]:
+    def new_vcpu_timer_irqs(self) -> tuple[int, int]:
         vm = getattr(self, "arm_vm", None)
         if vm is None or not vm.vcpus:
-            return super()._new_vcpu_timer_irqs()
+            return super().new_vcpu_timer_irqs()
         return vm.vcpus[0].vtimer, vm.vcpus[0].ptimer
 
 
@@ -50,7 +50,7 @@ class LinuxPerVcpuTimerBusy(ReferenceMachine):
     behave as set_timer_irqs() and kvm_timer_enable() did then: a setting reaches every vCPU, and
     only a vCPU's first run checks its timer PPIs."""
 
-    def _timer_irqs_immutable(self, c: ArmVcpu) -> bool:
+    def timer_ppis_immutable(self, c: ArmVcpu) -> bool:
         return c.has_run
 
 

@@ -12,10 +12,12 @@ from pytest_kvmconf import facets
 from pytest_kvmconf.backend_check import problems
 from pytest_kvmconf.backends.compose import FacetMachine
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
+from pytest_kvmconf.backends.reference.attr import AttrModel
 from pytest_kvmconf.backends.reference.mp import MpModel
 from pytest_kvmconf.backends.reference.requests import RequestsModel
 from pytest_kvmconf.backends.reference.spte import SpteModel
 from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
+from pytest_kvmconf.backends.threaded.attr import AttrThreads
 from pytest_kvmconf.backends.threaded.mp import MpThreads
 from pytest_kvmconf.backends.threaded.requests import RequestsThreads
 from pytest_kvmconf.backends.threaded.spte import SpteThreads
@@ -24,7 +26,8 @@ from .broken import running
 
 BACKENDS = [ReferenceBackend(), ThreadedBackend()]
 #: the facet mixins whose public methods are all operations, steps or hooks.
-VOCABULARY_MIXINS = (RequestsModel, RequestsThreads, MpModel, MpThreads, SpteModel, SpteThreads)
+VOCABULARY_MIXINS = (RequestsModel, RequestsThreads, MpModel, MpThreads, SpteModel, SpteThreads,
+                     AttrModel, AttrThreads)
 
 
 def declared(backend) -> list[facets.Step]:
@@ -133,8 +136,11 @@ def step_tables() -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
+    facets.all_steps()  # every facet registered
+    first = ["requests", "kick", "run_loop", "block", "mp", "spte", "attr", "locking", "memslots"]
+    order = sorted(facets.FACETS, key=lambda n: (first.index(n) if n in first else len(first), n))
     out = []
-    for facet in facets.FACETS.values():
+    for facet in (facets.FACETS[n] for n in order):
         if not facet.steps:
             continue
         out.append(f"`{facet.name}` steps:\n\n| step | what it models | kernel | parameters | returns | points |\n"

@@ -118,6 +118,38 @@ attr.op("arm_vcpu_run", [V], "int",
         "(-EINVAL if they collide or the PMU is not initialised); the guest then runs and exits "
         "at once. 0 or -errno.")
 
+# The overridable steps of the bundled backends (arch/arm64/kvm/pmu-emul.c, arch_timer.c, arm.c), each
+# called with the VM's configuration lock held; @c is the backend's per-vCPU state.
+attr.step("kvm_arm_pmu_v3_set_attr", ("c", "attr", "value"), "int", "kvm_arm_pmu_v3_set_attr()",
+          "KVM_SET_DEVICE_ATTR of the PMUv3 group: ENODEV, EBUSY once initialised, then the IRQ "
+          "(EINVAL, EBUSY if set) or kvm_arm_pmu_v3_init.")
+attr.step("valid_pmu_irq", ("irq",), "bool", "irq_is_ppi() || irq_is_spi() in kvm_arm_pmu_v3_set_attr()",
+          "'This interrupt could be a PPI or SPI'.")
+attr.step("pmu_irq_is_valid", ("c", "irq"), "bool", "pmu_irq_is_valid()",
+          "One type for every vCPU: the same PPI on all, or a distinct SPI per vCPU.")
+attr.step("kvm_arm_pmu_v3_init", ("c",), "int", "kvm_arm_pmu_v3_init()",
+          "PMU_V3_INIT: after the vGIC is initialised (ENODEV) and the IRQ set (ENXIO).")
+attr.step("kvm_arm_pmu_v3_get_attr", ("c", "attr"), "int", "kvm_arm_pmu_v3_get_attr()",
+          "KVM_GET_DEVICE_ATTR of the PMUv3 group: the IRQ, or ENXIO, EINVAL, ENODEV.")
+attr.step("kvm_arm_timer_set_attr", ("c", "attr", "value"), "int", "kvm_arm_timer_set_attr()",
+          "KVM_SET_DEVICE_ATTR of the timer group: EINVAL (no vGIC, not a PPI), EBUSY once "
+          "immutable, then every vCPU of timer_set_targets.")
+attr.step("timer_ppis_immutable", ("c",), "bool", "KVM_ARCH_FLAG_TIMER_PPIS_IMMUTABLE",
+          "'-EBUSY One or more VCPUs has already run'.")
+attr.step("valid_timer_irq", ("irq",), "bool", "irq_is_ppi() in kvm_arm_timer_set_attr()",
+          "'These must be a PPI (16 <= intid < 32)'.")
+attr.step("timer_set_targets", ("c",), "list of vCPUs", "set_timer_irqs() (before 6.4): kvm_for_each_vcpu()",
+          "The vCPUs a timer setting configures: 'all VCPUs created at that time'.")
+attr.step("kvm_arm_timer_get_attr", ("c", "attr"), "int", "kvm_arm_timer_get_attr()",
+          "KVM_GET_DEVICE_ATTR of the timer group: the vCPU's timer IRQ, or ENXIO.")
+attr.step("new_vcpu_timer_irqs", (), "(int, int)", "kvm_timer_vcpu_init()",
+          "A new vCPU's (vtimer, ptimer) interrupts: the defaults.")
+attr.step("kvm_arch_vcpu_run_pid_change", ("c",), "int", "kvm_arch_vcpu_run_pid_change()",
+          "A vCPU's first KVM_RUN: the vGIC initialised lazily, timer_irqs_are_valid (EINVAL), the "
+          "timers immutable from now on, a PMU initialised (EINVAL).")
+attr.step("timer_irqs_are_valid", ("c",), "bool", "timer_irqs_are_valid()",
+          "'Setting the same PPI for different timers will prevent the VCPUs from running'.")
+
 attr.observables.update({
     "arm_vcpus": "list of the VM's vCPUs; arm_vcpus[i] has id, pmu_irq (-1 if not set), "
                  "pmu_initialized, vtimer, ptimer (the timer interrupt ids it uses), has_run",

@@ -18,37 +18,37 @@ from . import running
 class PmuIrqSetTwiceAccepted(ReferenceMachine):
     """A vCPU's PMU interrupt can be set again: the last value wins."""
 
-    def _pmu_set(self, c: ArmVcpu, attr: int, value: int) -> int:
+    def kvm_arm_pmu_v3_set_attr(self, c: ArmVcpu, attr: int, value: int) -> int:
         if attr == KVM_ARM_VCPU_PMU_V3_IRQ and c.pmu_irq >= 0 and not c.pmu_initialized:
             saved, c.pmu_irq = c.pmu_irq, -1
-            ret = super()._pmu_set(c, attr, value)
+            ret = super().kvm_arm_pmu_v3_set_attr(c, attr, value)
             if ret:
                 c.pmu_irq = saved
             return ret
-        return super()._pmu_set(c, attr, value)
+        return super().kvm_arm_pmu_v3_set_attr(c, attr, value)
 
 
 class PmuIrqSetTwiceEinval(ReferenceMachine):
     """Setting the PMU interrupt again fails, but with EINVAL instead of EBUSY."""
 
-    def _pmu_set(self, c: ArmVcpu, attr: int, value: int) -> int:
-        ret = super()._pmu_set(c, attr, value)
+    def kvm_arm_pmu_v3_set_attr(self, c: ArmVcpu, attr: int, value: int) -> int:
+        ret = super().kvm_arm_pmu_v3_set_attr(c, attr, value)
         return -EINVAL if ret == -EBUSY and not c.pmu_initialized else ret
 
 
 class PmuGetUnsetReturnsZero(ReferenceMachine):
     """Getting a PMU interrupt that was never set reads 0 instead of failing with ENXIO."""
 
-    def _pmu_get(self, c: ArmVcpu, attr: int) -> int:
-        ret = super()._pmu_get(c, attr)
+    def kvm_arm_pmu_v3_get_attr(self, c: ArmVcpu, attr: int) -> int:
+        ret = super().kvm_arm_pmu_v3_get_attr(c, attr)
         return 0 if ret == -ENXIO and attr == KVM_ARM_VCPU_PMU_V3_IRQ else ret
 
 
 class NoPmuEinval(ReferenceMachine):
     """Without PMUv3, setting a PMU attribute fails with EINVAL instead of ENODEV."""
 
-    def _pmu_set(self, c: ArmVcpu, attr: int, value: int) -> int:
-        ret = super()._pmu_set(c, attr, value)
+    def kvm_arm_pmu_v3_set_attr(self, c: ArmVcpu, attr: int, value: int) -> int:
+        ret = super().kvm_arm_pmu_v3_set_attr(c, attr, value)
         return -EINVAL if ret == -ENODEV and not self.arm_vm.pmu else ret
 
 
@@ -64,11 +64,11 @@ class NoPmuEnxio(ReferenceMachine):
 class PmuIrqWithoutIrqchipAccepted(ReferenceMachine):
     """The PMU interrupt can be set before there is an in-kernel irqchip."""
 
-    def _pmu_set(self, c: ArmVcpu, attr: int, value: int) -> int:
+    def kvm_arm_pmu_v3_set_attr(self, c: ArmVcpu, attr: int, value: int) -> int:
         vm = self.arm_vm
         created, vm.vgic_created = vm.vgic_created, True
         try:
-            return super()._pmu_set(c, attr, value)
+            return super().kvm_arm_pmu_v3_set_attr(c, attr, value)
         finally:
             vm.vgic_created = created
 
@@ -76,84 +76,79 @@ class PmuIrqWithoutIrqchipAccepted(ReferenceMachine):
 class PmuIrqAcceptsSgi(ReferenceMachine):
     """Any number below 1020 is taken as a PMU interrupt, SGIs (0-15) included."""
 
-    def _valid_pmu_irq(self, irq: int) -> bool:
+    def valid_pmu_irq(self, irq: int) -> bool:
         return 0 <= irq <= 1019
 
 
 class SpiSharedByTwoVcpus(ReferenceMachine):
     """The consistency check forgets that an SPI must be a separate number per vCPU."""
 
-    def _pmu_irq_consistent(self, c: ArmVcpu, irq: int) -> bool:
+    def pmu_irq_is_valid(self, c: ArmVcpu, irq: int) -> bool:
         if is_spi(irq):
             return all(is_spi(o.pmu_irq) for o in self.arm_vm.vcpus if o is not c and o.pmu_irq >= 0)
-        return super()._pmu_irq_consistent(c, irq)
+        return super().pmu_irq_is_valid(c, irq)
 
 
 class PpiDifferingAcrossVcpus(ReferenceMachine):
     """The consistency check only compares types: two vCPUs may use different PPIs."""
 
-    def _pmu_irq_consistent(self, c: ArmVcpu, irq: int) -> bool:
+    def pmu_irq_is_valid(self, c: ArmVcpu, irq: int) -> bool:
         if is_ppi(irq):
             return all(is_ppi(o.pmu_irq) for o in self.arm_vm.vcpus if o is not c and o.pmu_irq >= 0)
-        return super()._pmu_irq_consistent(c, irq)
+        return super().pmu_irq_is_valid(c, irq)
 
 
 class PmuInitBeforeGicInit(ReferenceMachine):
     """PMU_V3_INIT is accepted before the vGIC is initialised."""
 
-    def _pmu_init(self, c: ArmVcpu) -> int:
+    def kvm_arm_pmu_v3_init(self, c: ArmVcpu) -> int:
         vm = self.arm_vm
         if vm.vgic_created and not vm.vgic_initialized and c.pmu_irq >= 0:
             c.pmu_initialized = True
             return 0
-        return super()._pmu_init(c)
+        return super().kvm_arm_pmu_v3_init(c)
 
 
 class PmuInitTwiceAccepted(ReferenceMachine):
     """PMU_V3_INIT of an initialised PMU succeeds again."""
 
-    def _pmu_set(self, c: ArmVcpu, attr: int, value: int) -> int:
-        ret = super()._pmu_set(c, attr, value)
+    def kvm_arm_pmu_v3_set_attr(self, c: ArmVcpu, attr: int, value: int) -> int:
+        ret = super().kvm_arm_pmu_v3_set_attr(c, attr, value)
         return 0 if ret == -EBUSY and c.pmu_initialized and attr != KVM_ARM_VCPU_PMU_V3_IRQ else ret
 
 
 class TimerAcceptsSpi(ReferenceMachine):
     """Timer interrupts are checked against the GIC's whole range instead of the PPIs."""
 
-    def _valid_timer_irq(self, irq: int) -> bool:
+    def valid_timer_irq(self, irq: int) -> bool:
         return 16 <= irq <= 1019
 
 
 class TimerIrqAcceptedAfterRun(ReferenceMachine):
     """The timer interrupts stay writable after a vCPU has run."""
 
-    def _timer_set(self, c: ArmVcpu, attr: int, value: int) -> int:
-        vm = self.arm_vm
-        immutable, vm.timers_immutable = vm.timers_immutable, False
-        try:
-            return super()._timer_set(c, attr, value)
-        finally:
-            vm.timers_immutable = immutable
+    def timer_ppis_immutable(self, c: ArmVcpu) -> bool:
+        return False
 
 
 class WrongDefaults(ReferenceMachine):
     """The physical timer defaults to 29 instead of 30."""
 
-    def _new_vcpu_timer_irqs(self) -> tuple[int, int]:
+    def new_vcpu_timer_irqs(self) -> tuple[int, int]:
         return 27, 29
 
 
 class CollidingTimersRun(ReferenceMachine):
     """The first KVM_RUN does not check that the two timers use different PPIs."""
 
-    def _timer_irqs_are_valid(self, c: ArmVcpu) -> bool:
+    def timer_irqs_are_valid(self, c: ArmVcpu) -> bool:
         return True
 
 
 class TimerNotPropagated(ReferenceMachine):
     """A timer interrupt set on one vCPU configures only that vCPU."""
 
-    def _timer_set_targets(self, c: ArmVcpu) -> list[ArmVcpu]:
+    def timer_set_targets(self, c: ArmVcpu) -> list[ArmVcpu]:
         return [c]
 
 
@@ -162,24 +157,16 @@ class TimerNotPropagated(ReferenceMachine):
 class ThreadedTimerIrqAcceptedAfterRun(ThreadedMachine):
     """The threaded timer attributes stay writable after a vCPU has run."""
 
-    def arm_timer_set_attr(self, attr: int, irq: int) -> int:
-        immutable, self.arm_timer_ppis_immutable = self.arm_timer_ppis_immutable, False
-        try:
-            return super().arm_timer_set_attr(attr, irq)
-        finally:
-            self.arm_timer_ppis_immutable = immutable
+    timer_ppis_immutable = TimerIrqAcceptedAfterRun.timer_ppis_immutable  # the same step, the same code
 
 
 class ThreadedSpiSharedByTwoVcpus(ThreadedMachine):
     """The threaded PMU interrupt check lets two vCPUs share an SPI."""
 
-    def arm_pmu_set_attr(self, c: Any, attr: int, irq: int) -> int:
-        if attr == KVM_ARM_VCPU_PMU_V3_IRQ and is_spi(irq) and self.arm_pmu and self.arm_vgic_created \
-                and not c.pmu_created and c.pmu_irq_num < 0 \
-                and all(is_spi(o.pmu_irq_num) for o in self.arm_vcpu_states if o.pmu_irq_num >= 0):
-            c.pmu_irq_num = irq
-            return 0
-        return super().arm_pmu_set_attr(c, attr, irq)
+    def pmu_irq_is_valid(self, c: Any, irq: int) -> bool:
+        if is_spi(irq):
+            return all(is_spi(o.pmu_irq_num) for o in self.arm_vcpu_states if o is not c and o.pmu_irq_num >= 0)
+        return super().pmu_irq_is_valid(c, irq)
 
 
 def backend(machine: type) -> ReferenceBackend | ThreadedBackend:

@@ -111,12 +111,12 @@ class AttrModel:
 
     def _add_vcpu(self) -> ArmVcpu:
         vm = self.arm_vm
-        vtimer, ptimer = self._new_vcpu_timer_irqs()
+        vtimer, ptimer = self.new_vcpu_timer_irqs()
         c = ArmVcpu(len(vm.vcpus), vtimer, ptimer)
         vm.vcpus.append(c)
         return c
 
-    def _new_vcpu_timer_irqs(self) -> tuple[int, int]:
+    def new_vcpu_timer_irqs(self) -> tuple[int, int]:
         """A new vCPU's timers use the defaults: a setting made before it existed was for
         "all VCPUs created at that time"."""
         return DEFAULT_VTIMER_IRQ, DEFAULT_PTIMER_IRQ
@@ -167,9 +167,9 @@ class AttrModel:
         if c is None:
             ret = -EBADF
         elif group == KVM_ARM_VCPU_PMU_V3_CTRL:
-            ret = self._pmu_set(c, attr, value)
+            ret = self.kvm_arm_pmu_v3_set_attr(c, attr, value)
         elif group == KVM_ARM_VCPU_TIMER_CTRL:
-            ret = self._timer_set(c, attr, value)
+            ret = self.kvm_arm_timer_set_attr(c, attr, value)
         else:
             ret = -ENXIO
         return (yield from self._ioctl(f"vcpu{vcpu}: KVM_SET_DEVICE_ATTR({attr_name(group, attr)}, {value})",
@@ -180,9 +180,9 @@ class AttrModel:
         if c is None:
             ret = -EBADF
         elif group == KVM_ARM_VCPU_PMU_V3_CTRL:
-            ret = self._pmu_get(c, attr)
+            ret = self.kvm_arm_pmu_v3_get_attr(c, attr)
         elif group == KVM_ARM_VCPU_TIMER_CTRL:
-            ret = self._timer_get(c, attr)
+            ret = self.kvm_arm_timer_get_attr(c, attr)
         else:
             ret = -ENXIO
         return (yield from self._ioctl(f"vcpu{vcpu}: KVM_GET_DEVICE_ATTR({attr_name(group, attr)})", ret))
@@ -201,7 +201,7 @@ class AttrModel:
         return (yield from self._ioctl(f"vcpu{vcpu}: KVM_HAS_DEVICE_ATTR({attr_name(group, attr)})", ret))
 
     # -- the PMUv3 group ------------------------------------------------------
-    def _pmu_set(self, c: ArmVcpu, attr: int, value: int) -> int:
+    def kvm_arm_pmu_v3_set_attr(self, c: ArmVcpu, attr: int, value: int) -> int:
         vm = self.arm_vm
         if not vm.pmu:
             return -ENODEV
@@ -210,21 +210,21 @@ class AttrModel:
         if attr == KVM_ARM_VCPU_PMU_V3_IRQ:
             if not vm.vgic_created:
                 return -EINVAL
-            if not self._valid_pmu_irq(value) or not self._pmu_irq_consistent(c, value):
+            if not self.valid_pmu_irq(value) or not self.pmu_irq_is_valid(c, value):
                 return -EINVAL
             if c.pmu_irq >= 0:
                 return -EBUSY
             c.pmu_irq = value
             return 0
         if attr == KVM_ARM_VCPU_PMU_V3_INIT:
-            return self._pmu_init(c)
+            return self.kvm_arm_pmu_v3_init(c)
         return -ENXIO
 
-    def _valid_pmu_irq(self, irq: int) -> bool:
+    def valid_pmu_irq(self, irq: int) -> bool:
         """"This interrupt could be a PPI or SPI"."""
         return is_ppi(irq) or is_spi(irq)
 
-    def _pmu_irq_consistent(self, c: ArmVcpu, irq: int) -> bool:
+    def pmu_irq_is_valid(self, c: ArmVcpu, irq: int) -> bool:
         """One type for every vCPU: the same PPI on all, or a distinct SPI per vCPU."""
         for other in self.arm_vm.vcpus:
             if other is c or other.pmu_irq < 0:
@@ -235,7 +235,7 @@ class AttrModel:
                 return False
         return True
 
-    def _pmu_init(self, c: ArmVcpu) -> int:
+    def kvm_arm_pmu_v3_init(self, c: ArmVcpu) -> int:
         vm = self.arm_vm
         if vm.vgic_created:
             if not vm.vgic_initialized:
@@ -245,7 +245,7 @@ class AttrModel:
         c.pmu_initialized = True
         return 0
 
-    def _pmu_get(self, c: ArmVcpu, attr: int) -> int:
+    def kvm_arm_pmu_v3_get_attr(self, c: ArmVcpu, attr: int) -> int:
         vm = self.arm_vm
         if attr != KVM_ARM_VCPU_PMU_V3_IRQ:
             return -ENXIO
@@ -258,34 +258,34 @@ class AttrModel:
         return c.pmu_irq
 
     # -- the timer group ------------------------------------------------------
-    def _timer_set(self, c: ArmVcpu, attr: int, value: int) -> int:
+    def kvm_arm_timer_set_attr(self, c: ArmVcpu, attr: int, value: int) -> int:
         vm = self.arm_vm
-        if not vm.vgic_created or not self._valid_timer_irq(value):
+        if not vm.vgic_created or not self.valid_timer_irq(value):
             return -EINVAL
-        if self._timer_irqs_immutable(c):
+        if self.timer_ppis_immutable(c):
             return -EBUSY
         if attr not in (KVM_ARM_VCPU_TIMER_IRQ_VTIMER, KVM_ARM_VCPU_TIMER_IRQ_PTIMER):
             return -ENXIO
-        for target in self._timer_set_targets(c):
+        for target in self.timer_set_targets(c):
             if attr == KVM_ARM_VCPU_TIMER_IRQ_VTIMER:
                 target.vtimer = value
             else:
                 target.ptimer = value
         return 0
 
-    def _timer_irqs_immutable(self, c: ArmVcpu) -> bool:
+    def timer_ppis_immutable(self, c: ArmVcpu) -> bool:
         """"-EBUSY One or more VCPUs has already run" (KVM_ARCH_FLAG_TIMER_PPIS_IMMUTABLE)."""
         return self.arm_vm.timers_immutable
 
-    def _valid_timer_irq(self, irq: int) -> bool:
+    def valid_timer_irq(self, irq: int) -> bool:
         """"These must be a PPI (16 <= intid < 32)"."""
         return is_ppi(irq)
 
-    def _timer_set_targets(self, c: ArmVcpu) -> list[ArmVcpu]:
+    def timer_set_targets(self, c: ArmVcpu) -> list[ArmVcpu]:
         """"configures all VCPUs created at that time"."""
         return list(self.arm_vm.vcpus)
 
-    def _timer_get(self, c: ArmVcpu, attr: int) -> int:
+    def kvm_arm_timer_get_attr(self, c: ArmVcpu, attr: int) -> int:
         if attr == KVM_ARM_VCPU_TIMER_IRQ_VTIMER:
             return c.vtimer
         if attr == KVM_ARM_VCPU_TIMER_IRQ_PTIMER:
@@ -298,24 +298,24 @@ class AttrModel:
         if c is None:
             return (yield from self._ioctl(f"vcpu{vcpu}: KVM_RUN", -EBADF))
         self.arm_vm.run_attempts += 1
-        ret = 0 if c.has_run else self._first_run(c)
+        ret = 0 if c.has_run else self.kvm_arch_vcpu_run_pid_change(c)
         if ret == 0:
             c.has_run = True
             self.arm_vm.any_ran = True
         return (yield from self._ioctl(f"vcpu{vcpu}: KVM_RUN", ret))
 
-    def _first_run(self, c: ArmVcpu) -> int:
+    def kvm_arch_vcpu_run_pid_change(self, c: ArmVcpu) -> int:
         """kvm_arch_vcpu_run_pid_change(): vGIC resources, kvm_timer_enable(), PMU enable."""
         vm = self.arm_vm
         if vm.vgic_created:
             vm.vgic_initialized = True  # lazily, if userspace did not
-            if not self._timer_irqs_are_valid(c):
+            if not self.timer_irqs_are_valid(c):
                 return -EINVAL
             vm.timers_immutable = True
         if vm.pmu and not c.pmu_initialized:
             return -EINVAL  # kvm_arm_pmu_v3_enable(): a vCPU with a PMU needs PMU_V3_INIT
         return 0
 
-    def _timer_irqs_are_valid(self, c: ArmVcpu) -> bool:
+    def timer_irqs_are_valid(self, c: ArmVcpu) -> bool:
         """"Setting the same PPI for different timers will prevent the VCPUs from running."""
         return c.vtimer != c.ptimer

@@ -5,7 +5,8 @@ guarded by one mutex (kvm->arch.config_lock / kvm->lock): each ioctl takes it,
 checks and changes the configuration, drops it, then reaches a scheduling
 point, so ioctls from several threads interleave whole. The error rules are
 those of :mod:`..reference.attr` (the document's tables, with the kernel's
-order where the document gives none), written here over the VM's own structs.
+order where the document gives none), written here over the VM's own structs,
+as the same steps (the facet's vocabulary, :mod:`pytest_kvmconf.facets.attr`).
 """
 
 from __future__ import annotations
@@ -41,10 +42,9 @@ from ..reference.attr import shown
 class ArmVcpuState:
     """struct kvm_vcpu's arch parts these attributes touch."""
 
-    def __init__(self, vcpu_id: int):
+    def __init__(self, vcpu_id: int, vtimer: int, ptimer: int):
         self.id = vcpu_id
-        self.timer_irq = {KVM_ARM_VCPU_TIMER_IRQ_VTIMER: DEFAULT_VTIMER_IRQ,
-                          KVM_ARM_VCPU_TIMER_IRQ_PTIMER: DEFAULT_PTIMER_IRQ}
+        self.timer_irq = {KVM_ARM_VCPU_TIMER_IRQ_VTIMER: vtimer, KVM_ARM_VCPU_TIMER_IRQ_PTIMER: ptimer}
         self.pmu_irq_num = -1
         self.pmu_created = False
         self.has_run_once = False
@@ -56,7 +56,7 @@ class AttrThreads:
     def init_attr(self, config: MachineConfig) -> None:
         self.config_lock = threading.Lock()
         self.arm_pmu = bool(config.options.get("pmu", True))
-        self.arm_vcpu_states = [ArmVcpuState(i) for i in range(config.vcpus)]
+        self.arm_vcpu_states = [ArmVcpuState(i, *self.new_vcpu_timer_irqs()) for i in range(config.vcpus)]
         self.arm_vgic_created = False
         self.arm_vgic_ready = False
         self.arm_timer_ppis_immutable = False
@@ -77,13 +77,17 @@ class AttrThreads:
             "run_attempts": self.arm_run_attempts,
         }
 
-    def arm_ioctl_done(self, text: str, ret: int) -> int:
+    def _ioctl(self, text: str, ret: int) -> int:
         point(f"{text} = {shown(ret)}")
         return ret
 
-    def arm_vcpu_state(self, vcpu: int) -> ArmVcpuState | None:
+    def _vcpu(self, vcpu: int) -> ArmVcpuState | None:
         states = self.arm_vcpu_states
         return states[vcpu] if 0 <= vcpu < len(states) else None
+
+    def new_vcpu_timer_irqs(self) -> tuple[int, int]:
+        """The defaults: a setting made before the vCPU existed was for "all VCPUs created at that time"."""
+        return DEFAULT_VTIMER_IRQ, DEFAULT_PTIMER_IRQ
 
     # -- VM ioctls --------------------------------------------------------------------
     def arm_create_vcpu(self, ctx: ThreadContext) -> int:
@@ -94,8 +98,8 @@ class AttrThreads:
                 ret = -EBUSY
             else:
                 ret = len(self.arm_vcpu_states)
-                self.arm_vcpu_states.append(ArmVcpuState(ret))
-        return self.arm_ioctl_done("KVM_CREATE_VCPU", ret)
+                self.arm_vcpu_states.append(ArmVcpuState(ret, *self.new_vcpu_timer_irqs()))
+        return self._ioctl("KVM_CREATE_VCPU", ret)
 
     def arm_create_vgic(self, ctx: ThreadContext) -> int:
         with self.config_lock:
@@ -106,52 +110,45 @@ class AttrThreads:
             else:
                 self.arm_vgic_created = True
                 ret = 0
-        return self.arm_ioctl_done("KVM_CREATE_DEVICE(VGIC_V3)", ret)
+        return self._ioctl("KVM_CREATE_DEVICE(VGIC_V3)", ret)
 
     def arm_init_vgic(self, ctx: ThreadContext) -> int:
         with self.config_lock:
             ret = 0 if self.arm_vgic_created else -ENXIO
             if ret == 0:
                 self.arm_vgic_ready = True
-        return self.arm_ioctl_done("KVM_DEV_ARM_VGIC_CTRL_INIT", ret)
+        return self._ioctl("KVM_DEV_ARM_VGIC_CTRL_INIT", ret)
 
     # -- vCPU attribute ioctls --------------------------------------------------------
     def kvm_set_device_attr(self, ctx: ThreadContext, vcpu: int, group: int, attr: int,
                             value: int = 0) -> int:
         with self.config_lock:
-            c = self.arm_vcpu_state(vcpu)
+            c = self._vcpu(vcpu)
             if c is None:
                 ret = -EBADF
             elif group == KVM_ARM_VCPU_PMU_V3_CTRL:
-                ret = self.arm_pmu_set_attr(c, attr, value)
+                ret = self.kvm_arm_pmu_v3_set_attr(c, attr, value)
             elif group == KVM_ARM_VCPU_TIMER_CTRL:
-                ret = self.arm_timer_set_attr(attr, value)
+                ret = self.kvm_arm_timer_set_attr(c, attr, value)
             else:
                 ret = -ENXIO
-        return self.arm_ioctl_done(f"vcpu{vcpu}: KVM_SET_DEVICE_ATTR({attr_name(group, attr)}, {value})", ret)
+        return self._ioctl(f"vcpu{vcpu}: KVM_SET_DEVICE_ATTR({attr_name(group, attr)}, {value})", ret)
 
     def kvm_get_device_attr(self, ctx: ThreadContext, vcpu: int, group: int, attr: int) -> int:
         with self.config_lock:
-            c = self.arm_vcpu_state(vcpu)
+            c = self._vcpu(vcpu)
             if c is None:
                 ret = -EBADF
             elif group == KVM_ARM_VCPU_PMU_V3_CTRL:
-                if attr != KVM_ARM_VCPU_PMU_V3_IRQ:
-                    ret = -ENXIO
-                elif not self.arm_vgic_created:
-                    ret = -EINVAL
-                elif not self.arm_pmu:
-                    ret = -ENODEV
-                else:
-                    ret = c.pmu_irq_num if c.pmu_irq_num >= 0 else -ENXIO
+                ret = self.kvm_arm_pmu_v3_get_attr(c, attr)
             elif group == KVM_ARM_VCPU_TIMER_CTRL:
-                ret = c.timer_irq.get(attr, -ENXIO)
+                ret = self.kvm_arm_timer_get_attr(c, attr)
             else:
                 ret = -ENXIO
-        return self.arm_ioctl_done(f"vcpu{vcpu}: KVM_GET_DEVICE_ATTR({attr_name(group, attr)})", ret)
+        return self._ioctl(f"vcpu{vcpu}: KVM_GET_DEVICE_ATTR({attr_name(group, attr)})", ret)
 
     def kvm_has_device_attr(self, ctx: ThreadContext, vcpu: int, group: int, attr: int) -> int:
-        c = self.arm_vcpu_state(vcpu)
+        c = self._vcpu(vcpu)
         if c is None:
             ret = -EBADF
         elif group == KVM_ARM_VCPU_PMU_V3_CTRL:
@@ -161,72 +158,106 @@ class AttrThreads:
             ret = 0 if attr in c.timer_irq else -ENXIO
         else:
             ret = -ENXIO
-        return self.arm_ioctl_done(f"vcpu{vcpu}: KVM_HAS_DEVICE_ATTR({attr_name(group, attr)})", ret)
+        return self._ioctl(f"vcpu{vcpu}: KVM_HAS_DEVICE_ATTR({attr_name(group, attr)})", ret)
 
-    def arm_pmu_set_attr(self, c: ArmVcpuState, attr: int, irq: int) -> int:
-        """kvm_arm_pmu_v3_set_attr(), config_lock held."""
+    # -- the PMUv3 group (config_lock held) ---------------------------------------------
+    def kvm_arm_pmu_v3_set_attr(self, c: ArmVcpuState, attr: int, value: int) -> int:
         if not self.arm_pmu:
             return -ENODEV
         if c.pmu_created:
             return -EBUSY
         if attr == KVM_ARM_VCPU_PMU_V3_INIT:
-            if self.arm_vgic_created:
-                if not self.arm_vgic_ready:
-                    return -ENODEV
-                if c.pmu_irq_num < 0:
-                    return -ENXIO
-            c.pmu_created = True
-            return 0
+            return self.kvm_arm_pmu_v3_init(c)
         if attr != KVM_ARM_VCPU_PMU_V3_IRQ:
             return -ENXIO
-        if not self.arm_vgic_created or not (is_ppi(irq) or is_spi(irq)):
+        if not self.arm_vgic_created or not self.valid_pmu_irq(value) or not self.pmu_irq_is_valid(c, value):
             return -EINVAL
-        for other in self.arm_vcpu_states:  # pmu_irq_is_valid(), against the other vCPUs
+        if c.pmu_irq_num >= 0:
+            return -EBUSY
+        c.pmu_irq_num = value
+        return 0
+
+    def valid_pmu_irq(self, irq: int) -> bool:
+        return is_ppi(irq) or is_spi(irq)
+
+    def pmu_irq_is_valid(self, c: ArmVcpuState, irq: int) -> bool:
+        """One type for every vCPU: the same PPI on all, or a distinct SPI per vCPU."""
+        for other in self.arm_vcpu_states:
             if other is c or other.pmu_irq_num < 0:
                 continue
             if is_ppi(irq) and other.pmu_irq_num != irq:
-                return -EINVAL
+                return False
             if is_spi(irq) and (not is_spi(other.pmu_irq_num) or other.pmu_irq_num == irq):
-                return -EINVAL
-        if c.pmu_irq_num >= 0:
-            return -EBUSY
-        c.pmu_irq_num = irq
+                return False
+        return True
+
+    def kvm_arm_pmu_v3_init(self, c: ArmVcpuState) -> int:
+        if self.arm_vgic_created:
+            if not self.arm_vgic_ready:
+                return -ENODEV
+            if c.pmu_irq_num < 0:
+                return -ENXIO
+        c.pmu_created = True
         return 0
 
-    def arm_timer_set_attr(self, attr: int, irq: int) -> int:
-        """kvm_arm_timer_set_attr(), config_lock held: every vCPU existing now."""
-        if not self.arm_vgic_created or not is_ppi(irq):
+    def kvm_arm_pmu_v3_get_attr(self, c: ArmVcpuState, attr: int) -> int:
+        if attr != KVM_ARM_VCPU_PMU_V3_IRQ:
+            return -ENXIO
+        if not self.arm_vgic_created:
             return -EINVAL
-        if self.arm_timer_ppis_immutable:
+        if not self.arm_pmu:
+            return -ENODEV
+        return c.pmu_irq_num if c.pmu_irq_num >= 0 else -ENXIO
+
+    # -- the timer group (config_lock held) ----------------------------------------------
+    def kvm_arm_timer_set_attr(self, c: ArmVcpuState, attr: int, value: int) -> int:
+        if not self.arm_vgic_created or not self.valid_timer_irq(value):
+            return -EINVAL
+        if self.timer_ppis_immutable(c):
             return -EBUSY
         if attr not in (KVM_ARM_VCPU_TIMER_IRQ_VTIMER, KVM_ARM_VCPU_TIMER_IRQ_PTIMER):
             return -ENXIO
-        for c in self.arm_vcpu_states:
-            c.timer_irq[attr] = irq
+        for target in self.timer_set_targets(c):
+            target.timer_irq[attr] = value
         return 0
+
+    def timer_ppis_immutable(self, c: ArmVcpuState) -> bool:
+        return self.arm_timer_ppis_immutable
+
+    def valid_timer_irq(self, irq: int) -> bool:
+        return is_ppi(irq)
+
+    def timer_set_targets(self, c: ArmVcpuState) -> list[ArmVcpuState]:
+        """Every vCPU existing now."""
+        return list(self.arm_vcpu_states)
+
+    def kvm_arm_timer_get_attr(self, c: ArmVcpuState, attr: int) -> int:
+        return c.timer_irq.get(attr, -ENXIO)
 
     # -- KVM_RUN ------------------------------------------------------------------------
     def arm_vcpu_run(self, ctx: ThreadContext, vcpu: int) -> int:
         with self.config_lock:
-            c = self.arm_vcpu_state(vcpu)
+            c = self._vcpu(vcpu)
             if c is None:
                 ret = -EBADF
             else:
                 self.arm_run_attempts += 1
-                ret = 0 if c.has_run_once else self.arm_first_run(c)
+                ret = 0 if c.has_run_once else self.kvm_arch_vcpu_run_pid_change(c)
                 if ret == 0:
                     c.has_run_once = True
                     self.arm_ran_once = True
-        return self.arm_ioctl_done(f"vcpu{vcpu}: KVM_RUN", ret)
+        return self._ioctl(f"vcpu{vcpu}: KVM_RUN", ret)
 
-    def arm_first_run(self, c: ArmVcpuState) -> int:
-        """kvm_arch_vcpu_run_pid_change(), config_lock held."""
+    def kvm_arch_vcpu_run_pid_change(self, c: ArmVcpuState) -> int:
+        """config_lock held."""
         if self.arm_vgic_created:
             self.arm_vgic_ready = True
-            vtimer = c.timer_irq[KVM_ARM_VCPU_TIMER_IRQ_VTIMER]
-            if vtimer == c.timer_irq[KVM_ARM_VCPU_TIMER_IRQ_PTIMER]:
+            if not self.timer_irqs_are_valid(c):
                 return -EINVAL
             self.arm_timer_ppis_immutable = True
         if self.arm_pmu and not c.pmu_created:
             return -EINVAL
         return 0
+
+    def timer_irqs_are_valid(self, c: ArmVcpuState) -> bool:
+        return c.timer_irq[KVM_ARM_VCPU_TIMER_IRQ_VTIMER] != c.timer_irq[KVM_ARM_VCPU_TIMER_IRQ_PTIMER]
