@@ -75,6 +75,15 @@ FORMER_NAMES = {
     "_timer_get": "kvm_arm_timer_get_attr", "_new_vcpu_timer_irqs": "new_vcpu_timer_irqs",
     "_first_run": "kvm_arch_vcpu_run_pid_change", "arm_first_run": "kvm_arch_vcpu_run_pid_change",
     "_timer_irqs_are_valid": "timer_irqs_are_valid",
+    # locking
+    "_lock": "lock_acquire", "_unlock": "lock_release", "_srcu_read_lock": "srcu_read_lock",
+    "_srcu_read_unlock": "srcu_read_unlock", "_synchronize_srcu": "synchronize_srcu", "_access": "access_data",
+    "_vcpu_mutex": "vcpu_mutex", "_hardware_enable_all": "hardware_enable_all",
+    "_hardware_disable_all": "hardware_disable_all", "_kvm_enable_virtualization": "kvm_enable_virtualization",
+    "_kvm_disable_virtualization": "kvm_disable_virtualization", "_kvm_online_cpu": "kvm_online_cpu",
+    "_vmexit": "handle_exit", "_mmu_first_shadow_root_alloc": "mmu_first_shadow_root_alloc",
+    "_kvm_tdp_mmu_map": "kvm_tdp_mmu_map", "_kvm_swap_active_memslots": "kvm_swap_active_memslots",
+    "_kvm_handle_hva_range": "kvm_handle_hva_range", "_kvm_setup_default_irq_routing": "kvm_setup_default_irq_routing",
 }
 
 

@@ -104,8 +104,8 @@ def test_an_override_of_a_locking_operation_stays_one() -> None:
     from pytest_kvmconf.backends.reference import ReferenceMachine
 
     def routing(self, ctx):
-        yield from self._lock(ctx, "kvm->irq_lock")
-        yield from self._unlock(ctx, "kvm->irq_lock")
+        yield from self.lock_acquire(ctx, "kvm->irq_lock")
+        yield from self.lock_release(ctx, "kvm->irq_lock")
 
     variant = type("Variant", (ReferenceMachine,), {"kvm_vm_ioctl_set_gsi_routing": routing, "helper": routing})
     assert variant.kvm_vm_ioctl_set_gsi_routing.__locking_op__ and \

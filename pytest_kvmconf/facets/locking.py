@@ -109,6 +109,57 @@ locking.op("pi_enable_wakeup_handler", [V], "none",
            "wakeup_vcpus_on_cpu_lock.")
 locking.op("pi_wakeup_handler", [], "none",
            "x86 posted-interrupt wakeup vector: walk wakeup_vcpus_on_cpu under its lock.")
+# The overridable steps of the bundled backends. The threaded backend runs the reference model's paths
+# (LockingThreads subclasses LockingModel) over real blocking locks, so its steps are the same generators.
+# A variant writes an operation's path out of the lock steps; the sub-paths are parts of operations.
+locking.step("lock_acquire", ("ctx", "name", "mode", "instance"), "none",
+             "mutex_lock(), spin_lock(), read_lock()/write_lock(), cpus_read_lock()/cpus_write_lock()",
+             "Take lock class @name (of LOCKS; @instance names one of several, e.g. vcpu_mutex(0)) in "
+             "@mode (engine.lockdep READ or WRITE, default WRITE): wait while contended, record the "
+             "acquisition with the locks held.", points=True)
+locking.step("lock_release", ("ctx", "name", "mode", "instance"), "none",
+             "mutex_unlock(), spin_unlock(), read_unlock()/write_unlock(), cpus_read_unlock()",
+             "Release a lock lock_acquire took.", points=True)
+locking.step("srcu_read_lock", ("ctx",), "none", "srcu_read_lock(&kvm->srcu)",
+             "Enter a kvm->srcu read-side section.", points=True)
+locking.step("srcu_read_unlock", ("ctx",), "none", "srcu_read_unlock(&kvm->srcu)",
+             "Leave the innermost read-side section.", points=True)
+locking.step("synchronize_srcu", ("ctx",), "none", "synchronize_srcu(&kvm->srcu)",
+             "Wait for the read-side sections that began before the call (recorded with the locks held).",
+             points=True)
+locking.step("access_data", ("ctx", "data", "write", "label"), "none",
+             "an access to data section 3 of locking.rst names",
+             "Record a read or write of @data (of DATA) with the locks held; @label is the kernel's code.")
+locking.step("vcpu_mutex", ("vcpu",), "str", "&vcpu->mutex", "The instance name of vCPU @vcpu's vcpu->mutex.")
+locking.step("hardware_enable_all", ("ctx",), "none", "hardware_enable_all() (6.8 text)",
+             "cpus_read_lock(), kvm_lock, kvm_usage_count++.", points=True)
+locking.step("hardware_disable_all", ("ctx",), "none", "hardware_disable_all() (6.8 text)",
+             "cpus_read_lock(), kvm_lock, kvm_usage_count--.", points=True)
+locking.step("kvm_enable_virtualization", ("ctx",), "none", "kvm_enable_virtualization() (6.12 text)",
+             "kvm_usage_lock, kvm_usage_count++, cpuhp_setup_state() (cpus_read_lock()) for the first user.",
+             points=True)
+locking.step("kvm_disable_virtualization", ("ctx",), "none", "kvm_disable_virtualization() (6.12 text)",
+             "kvm_usage_lock, kvm_usage_count--, cpuhp_remove_state() for the last user.", points=True)
+locking.step("kvm_online_cpu", ("ctx", "online"), "none", "kvm_online_cpu() / kvm_offline_cpu()",
+             "The hotplug callback, under cpus_write_lock() (6.8: reads kvm_usage_count under kvm_lock).",
+             points=True)
+locking.step("handle_exit", ("ctx", "vcpu"), "none", "kvm_x86_ops.handle_exit() in the kvm->srcu read side",
+             "One vmexit: memslot and MMIO bus lookups, mmu_first_shadow_root_alloc, kvm_tdp_mmu_map.",
+             points=True)
+locking.step("mmu_first_shadow_root_alloc", ("ctx",), "none", "mmu_first_shadow_root_alloc()",
+             "kvm->slots_arch_lock inside the read side (the example of 'For SRCU').", points=True)
+locking.step("kvm_tdp_mmu_map", ("ctx",), "none", "kvm_tdp_mmu_map()",
+             "A page fault under kvm->mmu_lock (read), with tdp_mmu_pages_lock and mmu_unsync_pages_lock.",
+             points=True)
+locking.step("kvm_swap_active_memslots", ("ctx",), "none", "kvm_swap_active_memslots()",
+             "Under mn_invalidate_lock, wait while mn_active_invalidate_count, then install the memslots.",
+             points=True)
+locking.step("kvm_handle_hva_range", ("ctx", "handler"), "int", "kvm_handle_hva_range()",
+             "Look the range up in the memslots (SRCU), run @handler under kvm->mmu_lock (write); "
+             "returns the memslots generation it used.", points=True)
+locking.step("kvm_setup_default_irq_routing", ("ctx",), "none", "kvm_setup_default_irq_routing()",
+             "The default routing under kvm->irq_lock.", points=True)
+
 locking.observables.update({
     "lock_events": "every acquisition (mode read/write) and synchronize_srcu (mode sync), with the "
                    "locks held: records with thread, op, lock, mode, label, held",

@@ -67,6 +67,19 @@ memslots.op("harvest_dirty", [], "int",
             "KVM_RESET_DIRTY_RINGS), then copy the reported pages into the migration copy. "
             "Returns how many pages were reported.")
 
+# The overridable steps of the reference model (the threaded backend has no memslots facet).
+memslots.step("guest_pass", ("vcpu",), "none", "the guest code under KVM_RUN (not KVM)",
+              "One pass of vCPU @vcpu: a stamp into every data page through the memslots of now "
+              "(an MMIO exit where no writable slot maps them; dirty-logged if the slot logs).")
+memslots.step("apply_change", ("how",), "int",
+              "KVM_SET_USER_MEMORY_REGION (kvm_set_memory_region()), or a remap of the host mapping",
+              "Change the data slot as @how says (delete, move, readonly, replace, restore, remap); 0 or -errno.")
+memslots.step("reported_pages", (), "set of pages",
+              "KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG / the dirty rings (kvm_get_dirty_log_protect())",
+              "The data pages the dirty log reports (the log is then re-armed).")
+memslots.step("copy_pages", ("pages",), "none", "the VMM's copy of the reported pages (not KVM)",
+              "Copy @pages into the migration copy.")
+
 memslots.observables.update({
     "mem": "the data slot: mode, undecided (why the example could not be decided under load, or ''), "
            "gens (each vCPU's pass counter), running (run loops), stray (writes found in host pages "

@@ -93,7 +93,7 @@ class LockingThreads(LockingModel):
         return
         yield  # a generator, for `yield from` in the model's paths
 
-    def _srcu_read_lock(self, ctx: ThreadContext) -> Generator[Point, None, None]:
+    def srcu_read_lock(self, ctx: ThreadContext) -> Generator[Point, None, None]:
         srcu = self._lock_object(SRCU, "srcu")
         assert isinstance(srcu, RealLock)
         with srcu.cond:
@@ -104,7 +104,7 @@ class LockingThreads(LockingModel):
         self.lockdep.acquired(ctx.name, self.lk_op.get(ctx.name, "?"), SRCU, READ, label)
         yield Point(label)
 
-    def _srcu_read_unlock(self, ctx: ThreadContext) -> Generator[Point, None, None]:
+    def srcu_read_unlock(self, ctx: ThreadContext) -> Generator[Point, None, None]:
         srcu = self._lock_object(SRCU, "srcu")
         assert isinstance(srcu, RealLock)
         with srcu.cond:
@@ -113,7 +113,7 @@ class LockingThreads(LockingModel):
         self.lockdep.released(ctx.name, SRCU)
         yield Point(f"srcu_read_unlock(&{SRCU})")
 
-    def _synchronize_srcu(self, ctx: ThreadContext) -> Generator[Point, None, None]:
+    def synchronize_srcu(self, ctx: ThreadContext) -> Generator[Point, None, None]:
         srcu = self._lock_object(SRCU, "srcu")
         assert isinstance(srcu, RealLock)
         with srcu.cond:
