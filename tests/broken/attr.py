@@ -56,8 +56,8 @@ class NoPmuEnxio(ReferenceMachine):
     """Without PMUv3, setting a PMU attribute fails with ENXIO: the 5.10 text allows it (ATTR-03.a),
     the older one, "-ENODEV PMUv3 not supported", does not (ATTR-03)."""
 
-    def _pmu_set(self, c: ArmVcpu, attr: int, value: int) -> int:
-        ret = super()._pmu_set(c, attr, value)
+    def kvm_arm_pmu_v3_set_attr(self, c: ArmVcpu, attr: int, value: int) -> int:
+        ret = super().kvm_arm_pmu_v3_set_attr(c, attr, value)
         return -ENXIO if ret == -ENODEV and not self.arm_vm.pmu else ret
 
 
