@@ -42,6 +42,12 @@ def model_ids(prefix: str) -> list[str]:
     return sorted(gid for gid, g in guarantees().items() if gid.startswith(prefix) and not g.needs & LIVE_ONLY)
 
 
+def newest_text(gid: str) -> str:
+    """The newest document text that claims the guarantee (e.g. ATTR-03 ends with 5.9, SPTE-03 with 6.12)."""
+    g = guarantees()[gid]
+    return NEWEST if g.versions.contains(NEWEST) else str(g.versions.until)
+
+
 def applicable(g: Guarantee, backend: Backend, doc_version: str = NEWEST) -> bool:
     return g.versions.contains(doc_version) and skip_reason(backend, g.needs, g.arch, doc_version) is None
 
@@ -97,12 +103,8 @@ def broken_cases() -> list[BrokenCase]:
             text = version if g.versions.contains(version) else \
                 next(v for v in ("6.1", "6.2", "6.3", "6.8", "6.12", "6.18") if g.versions.contains(v))
             out.append(BrokenCase("locking", name, gid, text, lambda n=name: locking.backend(n)))
-    def newest(gid: str) -> str:  # the newest text that claims the guarantee (SPTE-03 ends with 6.12)
-        g = guarantees()[gid]
-        return NEWEST if g.versions.contains(NEWEST) else str(g.versions.until)
-
     for family, module in (("attr", attr), ("spte", spte)):
-        out += [BrokenCase(family, m.__name__, gid, newest(gid), lambda m=m, b=module.backend: b(m))
+        out += [BrokenCase(family, m.__name__, gid, newest_text(gid), lambda m=m, b=module.backend: b(m))
                 for m, gid in module.BROKEN.items()]
     out += [BrokenCase("mp", m.__name__, gid, text, lambda m=m: mp.backend(m))
             for m, (gid, text) in mp.BROKEN.items()]

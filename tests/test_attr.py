@@ -28,16 +28,10 @@ from pytest_kvmconf.facets.attr import (
 from pytest_kvmconf.spec.versions import NEWEST
 from pytest_kvmconf.strategies import schedule_strategy
 
-from .bite import BUDGET, applicable, guarantees, verdict
+from .bite import BUDGET, applicable, guarantees, newest_text, verdict
 from .broken.attr import BROKEN, backend
 
 ATTR_IDS = sorted(g for g in guarantees() if g.startswith("ATTR-"))
-
-
-def text_for(gid: str) -> str:
-    """The newest document text a guarantee claims (ATTR-03 ends with the 5.9 text)."""
-    g = guarantees()[gid]
-    return NEWEST if g.versions.contains(NEWEST) else str(g.versions.until)
 
 
 def test_all_eleven_guarantees_have_specs_for_arm64() -> None:
@@ -47,22 +41,22 @@ def test_all_eleven_guarantees_have_specs_for_arm64() -> None:
 
 @pytest.mark.parametrize("gid", ATTR_IDS)
 def test_reference_passes(gid: str) -> None:
-    found = verdict(gid, ReferenceBackend(), text_for(gid))
+    found = verdict(gid, ReferenceBackend(), newest_text(gid))
     assert found is None, str(found)
 
 
 @pytest.mark.parametrize("machine,gid", list(BROKEN.items()), ids=[m.__name__ for m in BROKEN])
 def test_broken_variant_is_caught(machine: type, gid: str) -> None:
     b = backend(machine)
-    assert applicable(guarantees()[gid], b, text_for(gid))
-    found = verdict(gid, b, text_for(gid))
+    assert applicable(guarantees()[gid], b, newest_text(gid))
+    found = verdict(gid, b, newest_text(gid))
     assert found is not None, f"{machine.__name__} was not caught by {gid} within {BUDGET} examples"
     assert found.outcome.guarantee.id == gid
 
 
 @pytest.mark.parametrize("gid", ATTR_IDS)
 def test_threaded_passes(gid: str) -> None:
-    found = verdict(gid, ThreadedBackend(), text_for(gid), max_examples=30)
+    found = verdict(gid, ThreadedBackend(), newest_text(gid), max_examples=30)
     assert found is None, str(found)
 
 

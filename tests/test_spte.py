@@ -17,16 +17,10 @@ from pytest_kvmconf.engine.schedule import Schedule
 from pytest_kvmconf.spec.versions import NEWEST
 from pytest_kvmconf.strategies import schedule_strategy
 
-from .bite import BUDGET, applicable, guarantees, model_ids, verdict
+from .bite import BUDGET, applicable, guarantees, model_ids, newest_text, verdict
 from .broken.spte import BROKEN, IndirectFastPathUnpinned, NonAtomicClearTrackBits, backend
 
 SPTE_IDS = model_ids("SPTE-")
-
-
-def text_for(gid: str) -> str:
-    """The newest document text a guarantee claims (SPTE-03 ends with the 6.12 text)."""
-    g = guarantees()[gid]
-    return NEWEST if g.versions.contains(NEWEST) else g.versions.until
 
 
 class PinningMachine(ReferenceMachine):
@@ -48,28 +42,28 @@ def test_all_five_guarantees_have_specs() -> None:
 
 @pytest.mark.parametrize("gid", SPTE_IDS)
 def test_reference_passes(gid: str) -> None:
-    found = verdict(gid, ReferenceBackend(), text_for(gid))
+    found = verdict(gid, ReferenceBackend(), newest_text(gid))
     assert found is None, str(found)
 
 
 @pytest.mark.parametrize("gid", ["SPTE-01", "SPTE-02", "SPTE-03", "SPTE-03.a"])
 def test_pinning_reference_passes(gid: str) -> None:
-    found = verdict(gid, pinning_backend(), text_for(gid))
+    found = verdict(gid, pinning_backend(), newest_text(gid))
     assert found is None, str(found)
 
 
 @pytest.mark.parametrize("machine,gid", list(BROKEN.items()), ids=[m.__name__ for m in BROKEN])
 def test_broken_variant_is_caught(machine: type, gid: str) -> None:
     b = backend(machine)
-    assert applicable(guarantees()[gid], b, text_for(gid))
-    found = verdict(gid, b, text_for(gid))
+    assert applicable(guarantees()[gid], b, newest_text(gid))
+    found = verdict(gid, b, newest_text(gid))
     assert found is not None, f"{machine.__name__} was not caught by {gid} within {BUDGET} examples"
     assert found.outcome.guarantee.id == gid
 
 
 @pytest.mark.parametrize("gid", SPTE_IDS)
 def test_threaded_passes(gid: str) -> None:
-    found = verdict(gid, ThreadedBackend(), text_for(gid), max_examples=30)
+    found = verdict(gid, ThreadedBackend(), newest_text(gid), max_examples=30)
     assert found is None, str(found)
 
 
@@ -94,7 +88,7 @@ def test_every_spte_guarantee_has_a_broken_variant() -> None:
 
 def replay(gid: str, b: ReferenceBackend, params: tuple, tape: tuple) -> object:
     g = guarantees()[gid]
-    return run_schedule(g, b, Schedule(gid, params, (), tape), RunOptions(text_for(gid)))
+    return run_schedule(g, b, Schedule(gid, params, (), tape), RunOptions(newest_text(gid)))
 
 
 # SPTE-02 threads: vcpu0 (fast path + write), cpu1 (swap out, gpte -> gfn2, map).
