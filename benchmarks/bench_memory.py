@@ -11,8 +11,9 @@ Prints:
 2. per missing-barrier variant (tests/broken/barriers.py) and model, the examples hypothesis
    generated until the violation, for K seeds (target: within 100; the budget for the hunt is
    --budget, so the table also shows what a variant needs when 100 is not enough);
-3. with --litmus N: each translated kernel litmus test (tests/litmus/lkmm.toml) run for N
-   schedules under lkmm, with the verdict against the file's Result line.
+3. with --litmus N: each translated kernel litmus test (tests/litmus/lkmm.toml) under lkmm: its
+   schedules enumerated (--litmus-every, all of the small tests), then N drawn ones, with the
+   verdict against the file's Result line (--only-litmus: just this table).
 """
 
 from __future__ import annotations
@@ -126,20 +127,36 @@ def examples_to_catch(g, b, model: str, s: int, budget: int) -> int | None:
     return None
 
 
-def litmus(n: int) -> None:
+def litmus(n: int, every: int) -> None:
+    """Each translated test: its schedules enumerated depth-first up to ``every`` runs (all of them
+    for the small ones), then ``n`` hypothesis-drawn schedules; the verdict against the file's."""
     from pytest_kvmconf.spec.loader import load_file
+    from tests.enumerate import walk
 
-    print(f"\n{'kernel litmus test (lkmm, ' + str(n) + ' schedules)':<64}{'stated':>10}{'ours':>12}{'agree':>7}")
+    print(f"\n{'kernel litmus test (lkmm)':<60}{'stated':>10}{'ours':>10}{'agree':>6}  schedules run")
+    agree = total = 0
     for g in load_file(ROOT / "tests" / "litmus" / "lkmm.toml"):
         stated = g.quote.split(".")[0].removeprefix("Result: ")
         opts, b = RunOptions("6.18", memory_model="lkmm"), ReferenceBackend()
-        seen = "Never"
-        for s in draw(g, n):
-            o = run_schedule(g, b, s, opts)
-            if o.violation is not None or o.reached:
-                seen = "Sometimes"
-                break
-        print(f"{g.section:<64}{stated:>10}{seen:>12}{'yes' if seen == stated else 'NO':>7}")
+
+        def hit(o) -> bool:
+            return o.violation is not None or bool(o.reached)
+
+        runs, complete, found = walk(g, b, opts, every, hit)
+        how = f"every schedule ({runs})" if complete else f"{runs} enumerated"
+        sampled = 0
+        if found is None and not complete:
+            for s in draw(g, n):
+                sampled += 1
+                if hit(run_schedule(g, b, s, opts)):
+                    found = True
+                    break
+            how += f" + {sampled} drawn"
+        seen = "Never" if found is None else "Sometimes"
+        total += 1
+        agree += seen == stated
+        print(f"{g.section:<60}{stated:>10}{seen:>10}{'yes' if seen == stated else 'NO':>6}  {how}")
+    print(f"{agree} of {total} agree with the kernel's stated result")
 
 
 def main() -> None:
@@ -148,7 +165,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="seeds per missing-barrier variant")
     ap.add_argument("--budget", type=int, default=2000, help="example budget for the hunt")
     ap.add_argument("--baseline-rev", default=None, help="git revision to measure sc against")
-    ap.add_argument("--litmus", type=int, default=0, help="schedules per translated litmus test")
+    ap.add_argument("--litmus", type=int, default=0, help="drawn schedules per translated litmus test")
+    ap.add_argument("--litmus-every", type=int, default=20000,
+                    help="enumerated schedules per litmus test before drawing (all of a small one)")
+    ap.add_argument("--only-litmus", action="store_true", help="skip the cost and hunt tables")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -157,6 +177,9 @@ def main() -> None:
         print(json.dumps(measure(["sc"], args.schedules)))
         return
 
+    if args.only_litmus:
+        litmus(args.litmus or 2000, args.litmus_every)
+        return
     figures = measure(["sc", "tso", "lkmm"], args.schedules)
     base = baseline(args.baseline_rev, args.schedules) if args.baseline_rev else {}
     head = f"{'spec':<10}" + (f"{'base cpu':>10}" if base else "") + \
@@ -210,7 +233,7 @@ def main() -> None:
     print("\n* the model forbids the reordering: '-' (not caught in 100) is the right answer there.")
     print(f"worst case where it must be caught: {worst} examples (target: 100; budget here {args.budget})")
     if args.litmus:
-        litmus(args.litmus)
+        litmus(args.litmus, args.litmus_every)
 
 
 if __name__ == "__main__":

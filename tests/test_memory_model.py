@@ -95,21 +95,68 @@ def test_tso_forwards_its_own_store_and_drains_on_a_locked_instruction() -> None
     assert m.xchg(Loc, "y", 2) == 0 and Loc.x == 1  # the locked xchg drained the buffer first
 
 
-def test_lkmm_stale_copy_lasts_until_a_read_barrier() -> None:
+def _locations():
     class Loc:
         mem_name = "m"
         x = 0
+        y = 0
 
     m = Memory("lkmm")
     m.start({"a": None, "b": None})
+    return m, Loc
+
+
+def test_lkmm_stale_copy_lasts_until_a_barrier_orders_a_newer_write() -> None:
+    m, loc = _locations()
     m.cpu = "a"
-    m.write_once(Loc, "x", 1)
-    (keep_old,) = [e for e in m.events() if not e.everywhere]
+    m.write_once(loc, "x", 1)
+    m.smp_wmb()
+    m.write_once(loc, "y", 1)
+    (keep_old,) = [e for e in m.events() if e.how == "keep old"]  # only x may drain: the smp_wmb
     keep_old.advance()
     m.cpu = "b"
-    assert Loc.x == 1 and m.read_once(Loc, "x") == 0
+    assert loc.x == 1 and m.read_once(loc, "x") == 0
+    m.smp_rmb()  # nothing read so far obliges b to see x = 1
+    assert m.read_once(loc, "x") == 0
+    m.cpu = "a"
+    m.smp_mb()  # y reaches memory; its write had seen x = 1
+    m.cpu = "b"
+    assert m.read_once(loc, "y") == 1 and m.read_once(loc, "x") == 0  # no smp_rmb between: allowed
     m.smp_rmb()
-    assert m.read_once(Loc, "x") == 1
+    assert m.read_once(loc, "x") == 1
+
+
+def test_lkmm_lazy_load_is_satisfied_by_its_event_or_by_a_use() -> None:
+    m, loc = _locations()
+    m.cpu = "a"
+    r = m.read_once(loc, "x", lazy=True)
+    m.write_once(loc, "y", 1)
+    (satisfy,) = [e for e in m.events() if e.how == "satisfy"]
+    m.cpu = "b"
+    m.write_once(loc, "x", 1)
+    m.smp_mb()
+    satisfy.advance()  # after b's store reached memory: load buffering
+    assert r == 1 and loc.y == 0
+    r2 = m.read_once(loc, "x", lazy=True)
+    m.cpu = "a"
+    assert not [e for e in m.events() if e.how == "satisfy" and e.name == "a"]
+    m.cpu = "b"
+    m.write_once(loc, "y", r2 + 1)  # a data dependency: satisfied at the use
+    assert not m.loads["b"] and m.buffers["b"][0].value == 2
+
+
+def test_lkmm_store_may_go_before_a_write_its_cpu_has_not_seen() -> None:
+    m, loc = _locations()
+    m.cpu = "b"
+    m.write_once(loc, "x", 2)
+    m.smp_mb()
+    m.cpu = "a"
+    m.write_once(loc, "x", 1)
+    (hidden,) = [e for e in m.events() if e.how == "hidden"]
+    hidden.advance()
+    assert loc.x == 2 and m.read_once(loc, "x") == 2
+    m.write_once(loc, "x", 3)  # a has seen x = 2 now: its next store comes after it
+    assert not [e for e in m.events() if e.how == "hidden"]
 
 
 def test_weak_models_skip_where_they_cannot_be_simulated() -> None:

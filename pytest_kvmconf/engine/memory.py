@@ -24,14 +24,16 @@ docs/memory-models.md; in short:
 * ``lkmm`` (the subset): stores and non-value-returning atomics (``set_bit``,
   ``clear_bit``) are buffered and may drain out of order, except that stores
   to one location keep their order, ``smp_wmb``/``smp_mb`` order the stores
-  around them and ``smp_store_release`` follows everything before it. Loads may
-  return a stale copy until ``smp_rmb``, ``smp_mb``, an acquire load, a fully
-  ordered atomic, the thread's own store to the location or an address
-  dependency (``read_once(..., dep=True)``) refreshes the thread's view. Value-returning atomics are fully ordered;
-  ``smp_mb__{before,after}_atomic`` act as ``smp_mb``. Loads are never
-  delayed, so load->store reordering (LB) is not produced, and all writes reach
-  one memory, so non-multicopy-atomic outcomes (IRIW with smp_rmb) are not
-  either.
+  around them and ``smp_store_release`` follows everything before it. A store
+  reaching memory may leave the other CPUs with their old copy, and a plain
+  store may be ordered before a newer write its CPU has not seen. Each thread
+  has a *view* (the newest write per location it must see): acquire loads,
+  ``smp_rmb`` and address dependencies after loads of writes that had seen
+  more, strong fences (which share one view) and its own writes move it, and
+  old copies older than the view are gone. A ``lazy`` load is a
+  :class:`Pending` that later independent stores may pass (load buffering)
+  until it is picked or its value used. Value-returning atomics are fully
+  ordered; ``smp_mb__{before,after}_atomic`` act as ``smp_mb``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def show(value: Any) -> str:
         return hex(value)
     if isinstance(value, set | frozenset):
         return "{" + ", ".join(map(str, sorted(value))) + "}"
+    if isinstance(value, Pending):
+        return repr(value)
     return str(value)
 
 
@@ -86,21 +90,85 @@ class SharedMap(dict):
         self.mem_name, self.default = mem_name, default
 
 
+class Pending:
+    """lkmm: a READ_ONCE() whose value is not fixed yet (``read_once(..., lazy=True)``).
+
+    Load buffering: a load may be satisfied after its thread's later independent stores reach
+    memory. The thread goes on past the load; the value is read when the scheduler picks the
+    load's :class:`MemoryEvent`, or when the thread's own later access needs it first (a use of
+    the value: ``bool()``, ``==``, arithmetic, a store of it; an access to the same location; a
+    barrier, a release, a fully ordered atomic, an address dependency), whichever comes first.
+    So a dependency from the load to a store orders them exactly where the code uses the value.
+    Compare it with ``==``, never ``is``.
+    """
+
+    __slots__ = ("memory", "thread", "obj", "field", "key", "name", "value", "done")
+
+    def __init__(self, memory: Memory, thread: str, obj: Any, field: Any, name: str):
+        self.memory, self.thread, self.obj, self.field, self.name = memory, thread, obj, field, name
+        self.key = (id(obj), field)
+        self.value: Any = None
+        self.done = False
+
+    def force(self) -> Any:
+        if not self.done:
+            self.memory._satisfy(self, "when its value is used")
+        return self.value
+
+    def __repr__(self) -> str:
+        return repr(self.value) if self.done else "?"  # the timeline says when it is satisfied
+
+
+def _forcing(name: str) -> Callable[..., Any]:
+    def use(self: Pending, *args: Any) -> Any:
+        args = tuple(a.force() if isinstance(a, Pending) else a for a in args)
+        return getattr(self.force(), name)(*args)
+    use.__name__ = name
+    return use
+
+
+for _name in ("__bool__", "__int__", "__index__", "__float__", "__hash__", "__str__", "__format__",
+              "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__neg__", "__invert__",
+              "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__floordiv__",
+              "__rfloordiv__", "__mod__", "__rmod__", "__and__", "__rand__", "__or__", "__ror__",
+              "__xor__", "__rxor__", "__lshift__", "__rlshift__", "__rshift__", "__rrshift__",
+              "__contains__", "__iter__", "__len__", "__getitem__"):
+    setattr(Pending, _name, _forcing(_name))
+
+
+def value_of(v: Any) -> Any:
+    """``v`` itself, or a pending load's value (satisfying it now)."""
+    return v.force() if isinstance(v, Pending) else v
+
+
 class _Store:
     """A store (or a non-value-returning atomic) waiting in a store buffer."""
 
-    __slots__ = ("thread", "obj", "field", "key", "value", "op", "name", "epoch", "release")
+    __slots__ = ("thread", "obj", "field", "key", "value", "op", "name", "epoch", "release", "view")
 
     def __init__(self, thread: str, obj: Any, field: Any, value: Any, op: Callable[[Any], Any] | None,
-                 name: str, epoch: int, release: bool):
+                 name: str, epoch: int, release: bool, view: dict | None = None):
         self.thread, self.obj, self.field = thread, obj, field
         self.key = (id(obj), field)
         self.value, self.op, self.name = value, op, name
         self.epoch, self.release = epoch, release
+        #: lkmm, a release: what its thread had seen when it was issued (release cumulativity).
+        self.view = view
 
     def after(self, earlier: _Store) -> bool:
         """lkmm: must this store reach memory after ``earlier`` (same buffer, earlier in it)?"""
         return earlier.key == self.key or earlier.epoch < self.epoch or self.release
+
+
+#: How a buffered store reaches memory (or a pending load is satisfied): MemoryEvent kinds.
+EVERYWHERE, KEEP_OLD, HIDDEN, SATISFY = "everywhere", "keep old", "hidden", "satisfy"
+
+
+def _join(into: dict, view: dict | None) -> None:
+    if view:
+        for k, s in view.items():
+            if s > into.get(k, 0):
+                into[k] = s
 
 
 class Memory:
@@ -108,6 +176,12 @@ class Memory:
 
     ``cpu`` is the spec thread running now: the runner sets it before each
     advance, so a model's helpers need not pass their thread along.
+
+    Under lkmm the memory keeps, besides the values, the order in which writes reached it (a
+    *stamp* per location: the newest write's number) and what each thread has *seen*: a view
+    (location -> stamp) that a thread's reads, its own writes, acquire loads, barriers and the
+    strong fences' shared view advance. A stale copy is readable only while it is not older than
+    the thread's view; a plain store may be ordered before a write its thread has not seen.
     """
 
     def __init__(self, model: str = "sc"):
@@ -118,10 +192,19 @@ class Memory:
         self.lkmm = model == "lkmm"
         self.cpu = ""
         self.buffers: dict[str, list[_Store]] = {}
-        #: lkmm: thread -> location key -> (obj, field, value the thread still sees)
-        self.stale: dict[str, dict[tuple[int, Any], tuple[Any, Any, Any]]] = {}
+        #: lkmm: thread -> location key -> (obj, field, value, stamp, view) the thread still sees
+        self.stale: dict[str, dict[tuple[int, Any], tuple[Any, Any, Any, int, dict | None]]] = {}
         self.epochs: dict[str, int] = {}
         self.vcpu_of: dict[str, int | None] = {}
+        #: lkmm: the stamps and views (above); loads not yet satisfied, per thread.
+        self.clock = 0
+        self.stamps: dict[tuple[int, Any], int] = {}
+        self.msg_views: dict[tuple[int, Any], dict] = {}
+        self.atomic_top: set[tuple[int, Any]] = set()
+        self.known: dict[str, dict] = {}
+        self.carried: dict[str, dict] = {}
+        self.fence_view: dict = {}
+        self.loads: dict[str, list[Pending]] = {}
         #: what the accesses of the current advance did, for the timeline.
         self.notes: list[str] = []
 
@@ -132,19 +215,28 @@ class Memory:
             self.buffers[t] = []
             self.stale[t] = {}
             self.epochs[t] = 0
+            self.known[t] = {}
+            self.carried[t] = {}
+            self.loads[t] = []
 
     # -- the runner's side ------------------------------------------------------
     def events(self) -> list[MemoryEvent]:
-        """What may happen next besides a thread's step: a buffered store reaching memory (under
-        lkmm each one nothing orders after another, and either seen by every CPU at once or with
-        the other CPUs keeping their old copy until their next barrier)."""
+        """What may happen next besides a thread's step: a buffered store reaching memory; under
+        lkmm each one nothing orders after another, either seen by every CPU at once or with the
+        other CPUs keeping their old copy, or ordered before a write its thread has not seen; and
+        a pending load being satisfied."""
         out: list[MemoryEvent] = []
         for t, buf in self.buffers.items():
             for i, s in enumerate(buf):
                 if i == 0 or (self.lkmm and not any(s.after(e) for e in buf[:i])):
-                    out.append(MemoryEvent(self, t, s, True))
+                    out.append(MemoryEvent(self, t, s, EVERYWHERE))
         if self.lkmm:
-            out += [MemoryEvent(self, e.name, e.store, False) for e in out]
+            drains = list(out)
+            out += [MemoryEvent(self, e.name, e.store, KEEP_OLD) for e in drains]
+            out += [MemoryEvent(self, e.name, e.store, HIDDEN) for e in drains if self._hideable(e.store)]
+            # Last: with no choice left on the tape, a pending load waits until the stores drain
+            # (so at the end of a run the buffered stores reach memory first).
+            out += [MemoryEvent(self, t, p, SATISFY) for t, loads in self.loads.items() for p in loads]
         return out
 
     def take_notes(self) -> list[str]:
@@ -152,16 +244,20 @@ class Memory:
         return notes
 
     def pending(self) -> bool:
-        return any(self.buffers.values())
+        return any(self.buffers.values()) or any(self.loads.values())
 
     # -- plain and ONCE accesses --------------------------------------------------
-    def read_once(self, obj: Any, field: Any, dep: bool = False) -> Any:
+    def read_once(self, obj: Any, field: Any, dep: bool = False, lazy: bool = False) -> Any:
         """READ_ONCE(). ``dep``: the address comes from an earlier load (an address
-        dependency orders the two loads)."""
+        dependency orders the two loads). ``lazy`` (lkmm): the caller only binds the value, so
+        the load may be satisfied after later accesses (a :class:`Pending`)."""
         if not self.weak:
             return _get(obj, field)
-        if dep and self.lkmm:
-            self._refresh(self.cpu)
+        if self.lkmm:
+            if dep:
+                self._order_loads(self.cpu)
+            elif lazy:
+                return self._defer(obj, field, "READ_ONCE")
         return self._load(obj, field, "READ_ONCE")
 
     def write_once(self, obj: Any, field: Any, value: Any) -> None:
@@ -175,10 +271,7 @@ class Memory:
         """smp_load_acquire(): later accesses come after it."""
         if not self.weak:
             return _get(obj, field)
-        value = self._load(obj, field, "smp_load_acquire")
-        if self.lkmm:
-            self._refresh(self.cpu)
-        return value
+        return self._load(obj, field, "smp_load_acquire", acquire=True)
 
     def store_release(self, obj: Any, field: Any, value: Any) -> None:
         """smp_store_release(): earlier accesses come before it."""
@@ -244,7 +337,9 @@ class Memory:
 
     def smp_rmb(self) -> None:
         if self.lkmm:
-            self._refresh(self.cpu)
+            refreshed = self._order_loads(self.cpu)
+            if refreshed:
+                self.notes.append(f"smp_rmb: {_copies(refreshed)} out of date")
 
     def smp_mb__before_atomic(self) -> None:
         # x86: the atomic is a locked instruction, a full barrier already. lkmm: as smp_mb(),
@@ -257,9 +352,12 @@ class Memory:
             self._fence("smp_mb__after_atomic")
 
     # -- the mechanics -----------------------------------------------------------------
-    def _load(self, obj: Any, field: Any, name: str) -> Any:
+    def _load(self, obj: Any, field: Any, name: str, acquire: bool = False) -> Any:
         key = (id(obj), field)
-        buf = self.buffers.setdefault(self.cpu, [])
+        t = self.cpu
+        buf = self.buffers.setdefault(t, [])
+        if self.lkmm and self.loads.get(t):
+            self._force(t, key)  # read-read coherence: an earlier load of the location comes first
         for i in range(len(buf) - 1, -1, -1):
             s = buf[i]
             if s.key == key:
@@ -267,19 +365,101 @@ class Memory:
                     self.notes.append(f"{name}({location(obj, field)}) = {show(s.value)} from its store buffer")
                     return s.value
                 # Its own atomic on the location is still buffered: it reaches memory first.
-                self._drain_through(self.cpu, key)
+                self._drain_through(t, key)
                 break
-        seen = self.stale.get(self.cpu, {}).get(key)
+        if not self.lkmm:
+            return _get(obj, field)
+        known = self.known.setdefault(t, {})
+        seen = self.stale.setdefault(t, {}).get(key)
         if seen is not None:
-            self.notes.append(f"{name}({location(obj, field)}) = {show(seen[2])}, a stale copy "
+            value, stamp, view = seen[2:]
+            self.notes.append(f"{name}({location(obj, field)}) = {show(value)}, a stale copy "
                               f"(memory has {show(_get(obj, field))})")
-            return seen[2]
-        return _get(obj, field)
+        else:
+            value, stamp, view = _get(obj, field), self.stamps.get(key, 0), self.msg_views.get(key)
+        if stamp > known.get(key, 0):
+            known[key] = stamp
+        if acquire:
+            refreshed = self._see(t, view)
+            if refreshed:
+                self.notes.append(f"{name}: {_copies(refreshed)} out of date")
+        else:
+            _join(self.carried.setdefault(t, {}), view)
+        return value
+
+    def _defer(self, obj: Any, field: Any, name: str) -> Any:
+        t, key = self.cpu, (id(obj), field)
+        self._force(t, key)
+        if any(s.key == key for s in self.buffers.setdefault(t, [])):
+            return self._load(obj, field, name)  # its own buffered store: forwarded now
+        p = Pending(self, t, obj, field, name)
+        self.loads.setdefault(t, []).append(p)
+        self.notes.append(f"{name}({location(obj, field)}) is not satisfied yet (later accesses may go first)")
+        return p
+
+    def _satisfy(self, p: Pending, how: str) -> None:
+        loads = self.loads[p.thread]
+        del loads[next(i for i, q in enumerate(loads) if q is p)]  # == would satisfy the others
+        cpu, self.cpu = self.cpu, p.thread
+        try:
+            p.value = self._load(p.obj, p.field, p.name)
+        finally:
+            self.cpu = cpu
+        p.done = True
+        self.notes.append(f"{p.name}({location(p.obj, p.field)}) = {show(p.value)}: satisfied {how}")
+
+    def _force(self, thread: str, key: tuple[int, Any] | None = None) -> None:
+        """Satisfy the thread's pending loads (of ``key`` only, if given): an access or barrier
+        that orders them before itself is about to happen."""
+        for p in list(self.loads.get(thread, ())):
+            if key is None or p.key == key:
+                self._satisfy(p, "before a later access that depends on it" if key is None
+                              else "before a later access to the location")
+
+    def _order_loads(self, thread: str) -> int:
+        """smp_rmb() (and an address dependency): earlier loads come before later ones, and what
+        those loads' writes had seen is seen from now on."""
+        self._force(thread)
+        carried, self.carried[thread] = self.carried.get(thread), {}
+        return self._see(thread, carried)
+
+    def _see(self, thread: str, view: dict | None) -> int:
+        """The thread has now seen ``view``: its stale copies older than that are gone."""
+        if not view:
+            return 0
+        known, stale, dropped = self.known.setdefault(thread, {}), self.stale.setdefault(thread, {}), 0
+        for k, s in view.items():
+            if s > known.get(k, 0):
+                known[k] = s
+                copy = stale.get(k)
+                if copy is not None and copy[3] < s:
+                    del stale[k]
+                    dropped += 1
+        return dropped
+
+    def _hideable(self, s: _Store) -> bool:
+        """lkmm: may this plain store go before the location's newest write in the order of writes
+        to it (overwritten at once)? Only if its thread has not seen that write (not read it,
+        nor anything that had seen it) and that write is no atomic (nothing may come between an
+        atomic and the write it read)."""
+        if s.op is not None or s.key in self.atomic_top:
+            return False
+        top = self.stamps.get(s.key, 0)
+        return top > self.known[s.thread].get(s.key, 0) and top > self.carried[s.thread].get(s.key, 0)
 
     def _buffer(self, obj: Any, field: Any, value: Any, op: Callable[[Any], Any] | None,
                 name: str, release: bool) -> None:
-        s = _Store(self.cpu, obj, field, value, op, name, self.epochs.get(self.cpu, 0), release)
-        self.buffers.setdefault(self.cpu, []).append(s)
+        t, view = self.cpu, None
+        if self.lkmm:
+            value = value_of(value)  # a data dependency: the load comes first
+            if release:
+                self._force(t)
+                view = dict(self.known.setdefault(t, {}))
+                _join(view, self.carried.get(t))
+            elif self.loads.get(t):
+                self._force(t, (id(obj), field))  # read-write coherence
+        s = _Store(t, obj, field, value, op, name, self.epochs.get(t, 0), release, view)
+        self.buffers.setdefault(t, []).append(s)
         shown = f"{name}({location(obj, field)}, {show(value)})" if op is None else \
             f"{name} on {location(obj, field)}"
         self.notes.append(f"{shown} waits in the store buffer")
@@ -303,26 +483,61 @@ class Memory:
                 old = _get(obj, field)
                 _set(obj, field, fn(old))
             return old
+        t, key = self.cpu, (id(obj), field)
         if relaxed and self.lkmm:
-            # Atomic with respect to its location only: its own earlier stores there go first.
-            self._drain_through(self.cpu, (id(obj), field))
+            # Atomic with respect to its location only: its own earlier accesses there go first.
+            self._force(t, key)
+            self._drain_through(t, key)
         else:
             self._fence(name)
         old = _get(obj, field)
         new = fn(old)
         _set(obj, field, new)
-        self._published(self.cpu, obj, field, old)
         if self.lkmm:
-            self.stale[self.cpu].pop((id(obj), field), None)
+            self.stale[t].pop(key, None)
+            if new != old:  # a failed cmpxchg writes nothing
+                self._stamp(t, key, atomic=True)
+            elif self.stamps.get(key, 0) > self.known[t].get(key, 0):
+                self.known[t][key] = self.stamps[key]
+            if not relaxed:
+                _join(self.fence_view, self.known[t])
+        self._published(t, obj, field, old)
         self.notes.append(f"{name} on {location(obj, field)}: {show(old)} -> {show(new)} in memory")
         return old
 
+    def _stamp(self, thread: str, key: tuple[int, Any], atomic: bool, extra: dict | None = None
+               ) -> tuple[int, dict | None]:
+        """lkmm: a write of ``thread`` became the location's newest. Its message carries what the
+        thread has seen (read by an acquire or after smp_rmb, that is seen too). Returns the stamp
+        and view of the write it replaced."""
+        old = self.stamps.get(key, 0), self.msg_views.get(key)
+        self.clock += 1
+        known = self.known[thread]
+        known[key] = self.clock
+        view = dict(known)
+        _join(view, extra)
+        self.stamps[key] = self.clock
+        self.msg_views[key] = view
+        if atomic:
+            self.atomic_top.add(key)
+        else:
+            self.atomic_top.discard(key)
+        return old
+
     def _fence(self, name: str) -> None:
-        drained = self._drain_all(self.cpu)
-        refreshed = self._refresh(self.cpu)
+        t = self.cpu
+        if self.lkmm:
+            self._force(t)
+        drained = self._drain_all(t)
+        refreshed = 0
+        if self.lkmm:
+            # Strong fences are totally ordered: each sees what every earlier one had seen.
+            carried, self.carried[t] = self.carried.get(t), {}
+            refreshed = self._see(t, carried) + self._see(t, self.fence_view)
+            _join(self.fence_view, self.known[t])
         if drained or refreshed:
             what = [f"drains {drained} store{'s' if drained > 1 else ''}"] if drained else []
-            what += [f"refreshes {refreshed} stale cop{'ies' if refreshed > 1 else 'y'}"] if refreshed else []
+            what += [_copies(refreshed) + " out of date"] if refreshed else []
             self.notes.append(f"{name}: {' and '.join(what)}")
 
     def _drain_all(self, thread: str) -> int:
@@ -339,18 +554,27 @@ class Memory:
         for _ in range(last + 1):
             self._drain(thread, buf[0])
 
-    def _drain(self, thread: str, s: _Store, everywhere: bool = True) -> str:
+    def _drain(self, thread: str, s: _Store, how: str = EVERYWHERE) -> str:
         self.buffers[thread].remove(s)
+        if how == HIDDEN:
+            # Ordered just before the location's newest write, which its thread had not seen:
+            # nobody reads it, and the thread itself reads the newer value from now on.
+            self.stale[thread].pop(s.key, None)
+            return (f"{location(s.obj, s.field)} = {show(s.value)} ({s.name}) is overwritten at once: it "
+                    f"comes before the newer {show(_get(s.obj, s.field))}, which this CPU had not seen")
         old = _get(s.obj, s.field)
         new = s.value if s.op is None else s.op(old)
         _set(s.obj, s.field, new)
-        self._published(thread, s.obj, s.field, old, everywhere)
+        stamp, view = self._stamp(thread, s.key, s.op is not None, s.view) if self.lkmm else (0, None)
+        everywhere = how == EVERYWHERE
+        self._published(thread, s.obj, s.field, old, everywhere, stamp, view)
         where = "" if everywhere or new == old else ", the other CPUs keep their old copy"
         return f"{location(s.obj, s.field)} = {show(new)} reaches memory ({s.name}{where})"
 
-    def _published(self, writer: str, obj: Any, field: Any, old: Any, everywhere: bool = True) -> None:
+    def _published(self, writer: str, obj: Any, field: Any, old: Any, everywhere: bool = True,
+                   stamp: int = 0, view: dict | None = None) -> None:
         """A write reached memory. Under lkmm the other threads either see it at once, or keep
-        reading ``old`` until their next barrier (their invalidate queue holds it back)."""
+        reading ``old`` (written as ``stamp``, carrying ``view``) until they must see newer."""
         if not self.lkmm:
             return
         key = (id(obj), field)
@@ -358,29 +582,30 @@ class Memory:
             if t == writer or everywhere:
                 copies.pop(key, None)
             elif key not in copies and old != _get(obj, field):
-                copies[key] = (obj, field, old)
+                copies[key] = (obj, field, old, stamp, view)
 
-    def _refresh(self, thread: str) -> int:
-        copies = self.stale.get(thread)
-        if not copies:
-            return 0
-        n = len(copies)
-        copies.clear()
-        return n
+
+def _copies(n: int) -> str:
+    return f"{n} stale cop{'ies' if n > 1 else 'y'}"
 
 
 class MemoryEvent(Handle):
-    """A store buffer draining one store: a runnable entity of the scheduler. It draws in its
-    thread's column of the timeline (the store is still that thread's write)."""
+    """A store buffer draining one store, or a pending load being satisfied: a runnable entity of
+    the scheduler. It draws in its thread's column of the timeline (the store is still that
+    thread's write, the load that thread's read)."""
 
     current_op = ""
     returned = None
     position = "store buffer"
 
-    def __init__(self, memory: Memory, thread: str, store: _Store, everywhere: bool):
-        self.memory, self.name, self.store, self.everywhere = memory, thread, store, everywhere
+    def __init__(self, memory: Memory, thread: str, store: _Store | Pending, how: str):
+        self.memory, self.name, self.store, self.how = memory, thread, store, how
         self.vcpu = memory.vcpu_of.get(thread)
         self.texts = []
+
+    @property
+    def everywhere(self) -> bool:
+        return self.how == EVERYWHERE
 
     def runnable(self) -> bool:
         return True
@@ -389,10 +614,14 @@ class MemoryEvent(Handle):
         return False
 
     def advance(self) -> None:
-        self.texts = [self.memory._drain(self.name, self.store, self.everywhere)]
+        if self.how == SATISFY:
+            self.texts = []
+            self.memory._satisfy(self.store, "now, after later accesses of its thread")
+        else:
+            self.texts = [self.memory._drain(self.name, self.store, self.how)]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, MemoryEvent) and self.store is other.store and self.everywhere == other.everywhere
+        return isinstance(other, MemoryEvent) and self.store is other.store and self.how == other.how
 
     def __hash__(self) -> int:
-        return hash((id(self.store), self.everywhere))
+        return hash((id(self.store), self.how))

@@ -6,7 +6,7 @@ from collections.abc import Generator
 from typing import Any
 
 from ...backend import MachineConfig, ThreadContext
-from ...engine.memory import SharedMap
+from ...engine.memory import SharedMap, show
 from ...scheduling import Point
 
 Steps = Generator[Point, None, Any]
@@ -26,8 +26,10 @@ class LitmusModel:
         yield Point(f"WRITE_ONCE({var}, {value})")
 
     def READ_ONCE(self, ctx: ThreadContext, var: str, dep: bool = False) -> Steps:
-        value = self.memory.read_once(self.shared, var, dep=dep)
-        yield Point(f"READ_ONCE({var}) = {value}")
+        # lazy: the spec only binds the value, so the load may be satisfied after later accesses
+        # (load buffering); a use of the value (a dependency) satisfies it then.
+        value = self.memory.read_once(self.shared, var, dep=dep, lazy=True)
+        yield Point(f"READ_ONCE({var}) = {show(value)}")
         return value
 
     def smp_store_release(self, ctx: ThreadContext, var: str, value: int) -> Steps:
