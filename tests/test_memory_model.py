@@ -29,15 +29,16 @@ def doc_version_for(gid: str) -> str:
     return "4.13" if gid.startswith("REQ-26") else "6.18"
 
 
+@pytest.mark.parametrize("backend_class", [ReferenceBackend, ThreadedBackend], ids=["reference", "threaded"])
 @pytest.mark.parametrize("model", ["tso", "lkmm"])
 @pytest.mark.parametrize("gid", REQ_IDS)
-def test_reference_holds_under_weak_memory(gid: str, model: str) -> None:
+def test_backends_hold_under_weak_memory(gid: str, model: str, backend_class: type) -> None:
     g = guarantees()[gid]
-    if not applicable(g, ReferenceBackend(), doc_version_for(gid)):
-        pytest.skip(f"{gid} is not a reference-model guarantee")
+    if not applicable(g, backend_class(), doc_version_for(gid)):
+        pytest.skip(f"{gid} is not a {backend_class.name} guarantee")
     if model not in g.memory_models:
         pytest.skip(f"{gid}'s document assumes {', '.join(g.memory_models)}")
-    found = verdict(gid, ReferenceBackend(), doc_version_for(gid), max_examples=50, memory_model=model)
+    found = verdict(gid, backend_class(), doc_version_for(gid), max_examples=50, memory_model=model)
     assert found is None, str(found)
 
 
@@ -64,8 +65,9 @@ def test_every_barrier_guarantee_has_a_missing_barrier_variant() -> None:
     assert {"REQ-14", "REQ-15", "REQ-16", "REQ-24"} <= covered
 
 
-def test_the_timeline_shows_the_reordering_and_the_replay_repeats_it() -> None:
-    found = verdict("REQ-15", backend("NoMbAfterInGuestMode"), shrink=True, memory_model="tso")
+@pytest.mark.parametrize("name", ["NoMbAfterInGuestMode", "NoMbAfterInGuestModeThreaded"])
+def test_the_timeline_shows_the_reordering_and_the_replay_repeats_it(name: str) -> None:
+    found = verdict("REQ-15", backend(name), shrink=True, memory_model="tso")
     assert isinstance(found, ViolationFound)
     drawn = timeline(found.outcome)
     texts = [t for e in found.outcome.timeline for t in e.texts]
@@ -73,9 +75,18 @@ def test_the_timeline_shows_the_reordering_and_the_replay_repeats_it() -> None:
     assert any(t.startswith("vcpu0->mode = 1 reaches memory") for t in texts), drawn
     g = guarantees()["REQ-15"]
     with pytest.raises(ViolationFound):
-        replay(g, backend("NoMbAfterInGuestMode"), RunOptions("6.18", memory_model="tso"), found.outcome.schedule)
+        replay(g, backend(name), RunOptions("6.18", memory_model="tso"), found.outcome.schedule)
     # The same schedule under sc: no store buffer, so no bug.
-    replay(g, backend("NoMbAfterInGuestMode"), RunOptions("6.18"), found.outcome.schedule)
+    replay(g, backend(name), RunOptions("6.18"), found.outcome.schedule)
+
+
+def test_an_lkmm_timeline_shows_stale_copies_on_the_threaded_backend() -> None:
+    found = verdict("REQ-14", backend("NoWmbInMakeRequestThreaded"), shrink=True, memory_model="lkmm")
+    assert isinstance(found, ViolationFound)
+    drawn = timeline(found.outcome)
+    texts = [t for e in found.outcome.timeline for t in e.texts]
+    assert any("set_bit(" in t and "waits in the store buffer" in t for t in texts), drawn
+    assert any("request_state" in t and ("stale copy" in t or "reaches memory" in t) for t in texts), drawn
 
 
 def test_tso_forwards_its_own_store_and_drains_on_a_locked_instruction() -> None:
@@ -168,8 +179,11 @@ def test_weak_models_skip_where_they_cannot_be_simulated() -> None:
     assert memory_skip_reason(ReferenceBackend(), g.id, g.memory_models, "lkmm") is None
     why = memory_skip_reason(ReferenceBackend(), g.id, g.memory_models, "lkmm", free=True)
     assert "free runs" in why
-    if "lkmm" not in getattr(ThreadedBackend, "memory_models", ()):
-        assert "does not simulate" in memory_skip_reason(ThreadedBackend(), g.id, g.memory_models, "lkmm")
+    assert memory_skip_reason(ThreadedBackend(), g.id, g.memory_models, "lkmm") is None
+    assert "free runs" in memory_skip_reason(ThreadedBackend(), g.id, g.memory_models, "tso", free=True)
+    from pytest_kvmconf.backends.kvm import KvmBackend
+
+    assert "does not simulate" in memory_skip_reason(KvmBackend(), g.id, g.memory_models, "lkmm")
 
 
 def test_a_bad_memory_models_key_names_file_id_and_key(tmp_path: Path) -> None:

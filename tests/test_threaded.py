@@ -204,7 +204,7 @@ class LockAcrossPoint(ThreadedMachine):
     def kvm_make_request(self, ctx, req, vcpu, state=None) -> None:
         v = self.vcpus[vcpu]
         with v.cpu_lock:
-            v.requests.set_bit(req & 0xFF)
+            self.memory.set_bit(v, "requests", req & 0xFF)
             point("set_bit with the CPU lock held")
 
 

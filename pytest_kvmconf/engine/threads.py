@@ -25,7 +25,7 @@ done or idle has ended; a thread in a non-idle wait then is a deadlock.
 
 A kick and a guest stay in the ``threaded`` backend read::
 
-    seen = v.mode.cmpxchg(IN_GUEST_MODE, EXITING_GUEST_MODE)   # an atomic, no lock held after
+    seen = self.memory.cmpxchg(v, "mode", IN_GUEST_MODE, EXITING_GUEST_MODE)  # an atomic, no lock after
     point("cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE)")
     if seen == IN_GUEST_MODE:
         self.send_ipi(v)                  # under v's CPU lock, then cpu_irq.notify_all()

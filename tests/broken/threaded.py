@@ -38,13 +38,13 @@ def backend(name: str) -> ThreadedBackend:
 @variant("REQ-15", "REQ-16", doc="no final kvm_request_pending() check: entry only aborts on EXITING_GUEST_MODE")
 class NoFinalPendingCheck(ThreadedMachine):
     def kvm_vcpu_exit_request(self, v: VCpu) -> str | None:
-        return "EXITING_GUEST_MODE" if v.mode.read() == EXITING_GUEST_MODE else None
+        return "EXITING_GUEST_MODE" if self.memory.read_once(v, "mode") == EXITING_GUEST_MODE else None
 
 
 @variant("REQ-17", doc="a kick reads IN_GUEST_MODE and sends the IPI, but leaves the mode (no cmpxchg to EXITING)")
 class KickKeepsMode(ThreadedMachine):
     def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
-        return v.mode.read()
+        return self.memory.read_once(v, "mode")
 
 
 @variant("REQ-25", doc="lost wake-up: set_current_state(TASK_INTERRUPTIBLE) after kvm_vcpu_check_block()")
@@ -74,10 +74,9 @@ class NoWakeupWakes(ThreadedMachine):
 @variant("REQ-04", doc="set_bit as a plain read-modify-write of the bitmap, without the atomic")
 class NonAtomicSetBit(ThreadedMachine):
     def set_request_bit(self, v: VCpu, req: int) -> None:
-        seen = v.requests.read()
+        seen = self.memory.read_once(v, "requests")
         point(f"READ vcpu->requests = {seen:#x}")
-        with v.requests._lock:
-            v.requests._bits = seen | 1 << (req & KVM_REQUEST_MASK)
+        self.memory.write_once(v, "requests", seen | 1 << (req & KVM_REQUEST_MASK))
         point("WRITE vcpu->requests")
 
 
@@ -89,7 +88,7 @@ class IpiNeverDelivered(ThreadedMachine):
     def kvm_vcpu_kick(self, ctx, vcpu: int) -> None:
         v = self.vcpus[vcpu]
         if self.kvm_vcpu_wake_up(v):
-            v.note_kick(v.mode.read(), -1, "wake")
+            v.note_kick(v.mode, -1, "wake")
             point(f"kvm_vcpu_wake_up(vcpu{vcpu}): woke it")
             return
         seen = self.kvm_vcpu_exiting_guest_mode(v)

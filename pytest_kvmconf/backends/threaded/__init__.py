@@ -42,3 +42,5 @@ class ThreadedBackend(FacetBackend):
     description = "vCPU threads, requesters and IPIs as real OS threads with real locks and wait queues"
     capabilities = CAPABILITIES
     machine_class: type = ThreadedMachine
+    #: the requests facet routes its barrier pairings through engine.memory (controlled runs).
+    memory_models = ("sc", "tso", "lkmm")

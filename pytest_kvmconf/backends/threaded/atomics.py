@@ -1,5 +1,10 @@
 """The kernel's atomic primitives, for state shared between real OS threads.
 
+The words the documents' barrier pairings order (``vcpu->requests``, ``vcpu->mode``, the
+posted-interrupt descriptor) are not here: they go through ``self.memory``
+(:mod:`pytest_kvmconf.engine.memory`), which simulates tso and lkmm. These are for state no
+pairing orders (counters, SPTEs), where the atomicity alone matters.
+
 Each object owns a small lock that stands for the CPU's atomic instruction
 (``lock bts``, ``lock cmpxchg``): every operation is one indivisible
 read-modify-write, whatever other threads do at the same time. No method ever
@@ -11,47 +16,6 @@ from __future__ import annotations
 
 import threading
 from typing import Any
-
-
-class AtomicBitmap:
-    """An ``unsigned long`` bitmap with set_bit / clear_bit / test_and_clear_bit."""
-
-    __slots__ = ("_lock", "_bits")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._bits = 0
-
-    def read(self) -> int:
-        """READ_ONCE(): a Python int read is a single load."""
-        return self._bits
-
-    def set_bit(self, nr: int) -> None:
-        with self._lock:
-            self._bits |= 1 << nr
-
-    def clear_bit(self, nr: int) -> None:
-        with self._lock:
-            self._bits &= ~(1 << nr)
-
-    def test_bit(self, nr: int) -> bool:
-        return bool(self._bits >> nr & 1)
-
-    def test_and_clear_bit(self, nr: int) -> bool:
-        with self._lock:
-            was = bool(self._bits >> nr & 1)
-            self._bits &= ~(1 << nr)
-            return was
-
-    def take_lowest(self) -> int | None:
-        """Find the lowest set bit and clear it, atomically (the run loop's next request)."""
-        with self._lock:
-            bits = self._bits
-            if not bits:
-                return None
-            nr = (bits & -bits).bit_length() - 1
-            self._bits = bits & ~(1 << nr)
-            return nr
 
 
 class AtomicWord:

@@ -1,14 +1,23 @@
 """vcpu-requests.rst as a concurrent program: requests, kicks, IPIs, the run loop, kvm_vcpu_block.
 
 Every spec thread runs on its own OS thread. Requesters and the vCPU thread
-share a :class:`VCpu` through atomics (the request bitmap, ``vcpu->mode``), a
-per-vCPU "CPU" lock standing for the physical CPU the vCPU thread runs on
+share a :class:`VCpu` through the accesses and barriers the document's pairings
+order (the request bitmap and its state, ``vcpu->mode``, the posted-interrupt
+descriptor), a per-vCPU "CPU" lock standing for the physical CPU the vCPU thread runs on
 (interrupt flag, guest mode, IPIs in flight) and a per-vCPU wait queue lock
 (the rcuwait of kvm_vcpu_block). The vCPU thread really waits: in guest mode
 until an IPI reaches its CPU, in kvm_vcpu_block until a waker sets it running,
 and a KVM_REQUEST_WAIT requester until every IPI it sent is acknowledged. Those
 waits go through :func:`~pytest_kvmconf.engine.threads.wait_on`, which is a
 real ``Condition.wait`` in free runs and a park at the engine in controlled ones.
+
+The ordered accesses go through ``self.memory`` (:mod:`pytest_kvmconf.engine.memory`)
+with the kernel's names, as in the reference model: under sc each is the plain
+access or, for an atomic, one indivisible read-modify-write under the vCPU's
+``_lock`` (the CPU's locked instruction), so free runs stay correct; under
+``--kvm-memory-model=tso|lkmm`` (controlled runs only: one OS thread runs at a
+time) stores wait in store buffers and barriers order them, and the timeline
+shows what was buffered, drained or read stale.
 
 A scheduling point follows every action the document orders against another
 thread, with the same labels as the reference model so timelines compare; no
@@ -24,6 +33,7 @@ import threading
 from typing import Any
 
 from ...backend import MachineConfig, ThreadContext
+from ...engine.memory import SharedMap
 from ...engine.threads import wait_on
 from ...facets.requests import (
     EIO,
@@ -47,7 +57,7 @@ from ...facets.requests import (
     vcpu_view,
 )
 from ...scheduling import point
-from .atomics import AtomicBitmap, AtomicInt
+from .atomics import AtomicInt
 
 
 class VCpu:
@@ -55,9 +65,13 @@ class VCpu:
 
     def __init__(self, vcpu_id: int):
         self.id = vcpu_id
-        self.requests = AtomicBitmap()
-        self.request_state: dict[int, Any] = {}
-        self.mode = AtomicInt(OUTSIDE_GUEST_MODE)
+        self.mem_name = f"vcpu{vcpu_id}"
+        # The CPU's locked instruction for the atomics on requests, mode and the PI descriptor
+        # (engine.memory takes it under sc; a free run's threads really race).
+        self._lock = threading.Lock()
+        self.requests = 0  # the vcpu->requests bitmap
+        self.request_state = SharedMap(f"vcpu{vcpu_id}->request_state")
+        self.mode = OUTSIDE_GUEST_MODE
         # The physical CPU: interrupt flag, guest mode, IPIs not yet taken.
         self.cpu_lock = threading.Lock()
         self.cpu_irq = threading.Condition(self.cpu_lock)  # an IPI arrived
@@ -87,9 +101,8 @@ class VCpu:
         self.runnable = False
         self.signal_pending = False
         self.block_result: str | None = None
-        # The posted-interrupt descriptor.
-        self.pi_lock = threading.Lock()
-        self.pir: set[int] = set()
+        # The posted-interrupt descriptor (its atomics take _lock), and the vIRR the CPU moves it to.
+        self.pir: frozenset[int] = frozenset()
         self.pir_on = False
         self.irr: set[int] = set()
 
@@ -103,7 +116,7 @@ class VCpu:
     def view(self) -> dict[str, Any]:
         """The observable state. Read without locks: the engine only observes while
         every thread is at a scheduling point, where no update is half done."""
-        return vcpu_view(self, self.requests.read(), self.mode.read())
+        return vcpu_view(self, self.requests, self.mode)
 
 
 class RequestsThreads:
@@ -141,18 +154,24 @@ class RequestsThreads:
             raise ValueError("kvm_make_request() of a NO_ACTION request is a build error in KVM")
         v = self.vcpus[vcpu]
         if state is not None:
-            v.request_state[req & KVM_REQUEST_MASK] = state
+            self.memory.write_once(v.request_state, req & KVM_REQUEST_MASK, state)
             point(f"WRITE request state = {state}")
         self.set_request_bit(v, req)
 
     def set_request_bit(self, v: VCpu, req: int) -> None:
-        # smp_wmb() orders the state write above before the bit: the bitmap's
-        # lock release publishes both.
-        v.requests.set_bit(req & KVM_REQUEST_MASK)
+        """__kvm_make_request(): the smp_wmb() pairs with kvm_check_request()'s barrier."""
+        self.memory.smp_wmb()
+        self.memory.set_bit(v, "requests", req & KVM_REQUEST_MASK)
         point(f"smp_wmb(); set_bit({self._name(req)}) on vcpu{v.id}")
 
     def check_request_bit(self, v: VCpu, nr: int) -> bool:
-        return v.requests.test_and_clear_bit(nr)
+        """kvm_check_request(): test_bit(), then clear_bit() and the barrier that pairs with
+        kvm_make_request()'s smp_wmb(), so the caller sees the request's state."""
+        if not self.memory.read_once(v, "requests") >> nr & 1:
+            return False
+        self.memory.clear_bit(v, "requests", nr)
+        self.memory.smp_mb__after_atomic()
+        return True
 
     def kvm_check_request(self, ctx: ThreadContext, req: int, vcpu: int) -> bool:
         pending = self.check_request_bit(self.vcpus[vcpu], req & KVM_REQUEST_MASK)
@@ -160,21 +179,21 @@ class RequestsThreads:
         return pending
 
     def kvm_test_request(self, ctx: ThreadContext, req: int, vcpu: int) -> bool:
-        pending = self.vcpus[vcpu].requests.test_bit(req & KVM_REQUEST_MASK)
+        pending = bool(self.memory.read_once(self.vcpus[vcpu], "requests") >> (req & KVM_REQUEST_MASK) & 1)
         point(f"kvm_test_request({self._name(req)}) = {str(pending).lower()}")
         return pending
 
     def kvm_clear_request(self, ctx: ThreadContext, req: int, vcpu: int) -> None:
-        self.vcpus[vcpu].requests.clear_bit(req & KVM_REQUEST_MASK)
+        self.memory.clear_bit(self.vcpus[vcpu], "requests", req & KVM_REQUEST_MASK)
         point(f"clear_bit({self._name(req)})")
 
     def kvm_request_pending(self, ctx: ThreadContext, vcpu: int) -> bool:
-        pending = self.vcpus[vcpu].requests.read() != 0
+        pending = self.memory.read_once(self.vcpus[vcpu], "requests") != 0
         point(f"kvm_request_pending() = {str(pending).lower()}")
         return pending
 
     def read_request_state(self, ctx: ThreadContext, req: int, vcpu: int) -> Any:
-        value = self.vcpus[vcpu].request_state.get(req & KVM_REQUEST_MASK)
+        value = self.memory.read_once(self.vcpus[vcpu].request_state, req & KVM_REQUEST_MASK)
         point(f"READ request state = {value}")
         return value
 
@@ -188,6 +207,7 @@ class RequestsThreads:
             v.ipis += 1
             taken = not v.irqs_disabled and not v.in_guest
             if taken:
+                self.memory.interrupt(v.id)  # taking it serializes the target CPU
                 v.acks += 1
             else:
                 v.ipis_pending += 1
@@ -200,13 +220,16 @@ class RequestsThreads:
             self.acked.notify_all()
 
     def local_irq_enable(self, v: VCpu) -> None:
-        """Interrupts on: the vCPU's CPU takes (acknowledges) every latched IPI."""
+        """Interrupts on: the vCPU's CPU takes (acknowledges) every latched IPI. Taking an
+        interrupt serializes the CPU: the handler sees what the sender wrote before the IPI."""
         with v.cpu_lock:
             v.irqs_disabled = False
             taken = v.ipis_pending
+            notification, v.pi_notification = v.pi_notification, False
+            if taken or notification:
+                self.memory.smp_mb()
             v.acks += taken
             v.ipis_pending = 0
-            notification, v.pi_notification = v.pi_notification, False
         if notification:
             self.vmx_sync_pir_to_irr(v)
         if taken:
@@ -219,7 +242,9 @@ class RequestsThreads:
     # -- kicks ----------------------------------------------------------------
     def kvm_vcpu_wake_up(self, v: VCpu) -> bool:
         """rcuwait_wake_up(): set the task on the rcuwait running. True only if it was not
-        running (wake_up_process() of a running task returns 0, and the kick goes on)."""
+        running (wake_up_process() of a running task returns 0, and the kick goes on).
+        rcuwait_wake_up() starts with smp_mb(): the waker's writes are visible to the woken task's check."""
+        self.memory.smp_mb()
         with v.wq_lock:
             if not v.sleeping or not v.interruptible:
                 return False
@@ -230,19 +255,23 @@ class RequestsThreads:
             return True
 
     def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
-        return v.mode.cmpxchg(IN_GUEST_MODE, EXITING_GUEST_MODE)
+        """smp_mb__before_atomic(); cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE). The barrier
+        orders the request bit before the read of the mode: it pairs with the smp_mb() after
+        setting IN_GUEST_MODE."""
+        self.memory.smp_mb__before_atomic()
+        return self.memory.cmpxchg(v, "mode", IN_GUEST_MODE, EXITING_GUEST_MODE)
 
     def kvm_vcpu_kick(self, ctx: ThreadContext, vcpu: int) -> None:
         v = self.vcpus[vcpu]
         if self.kvm_vcpu_wake_up(v):
-            v.note_kick(v.mode.read(), -1, "wake")
+            v.note_kick(v.mode, -1, "wake")
             point(f"kvm_vcpu_wake_up(vcpu{vcpu}): woke it")
             return
         if ctx.vcpu == vcpu:
             # The vCPU's own thread: a plain write, and never an IPI to the current CPU.
-            if v.mode.read() == IN_GUEST_MODE:
-                v.mode.write(EXITING_GUEST_MODE)
-            v.note_kick(v.mode.read(), -1, "none")
+            if self.memory.read_once(v, "mode") == IN_GUEST_MODE:
+                self.memory.write_once(v, "mode", EXITING_GUEST_MODE)
+            v.note_kick(self.memory.read_once(v, "mode"), -1, "none")
             point("kick from the vCPU's own thread: no IPI")
             return
         seen = self.kvm_vcpu_exiting_guest_mode(v)
@@ -279,7 +308,7 @@ class RequestsThreads:
         if not self.request_no_action(req):
             self.set_request_bit(v, req)
         if not self.request_no_wakeup(req) and self.kvm_vcpu_wake_up(v):
-            v.note_kick(v.mode.read(), req, "wake")
+            v.note_kick(v.mode, req, "wake")
             point(f"kvm_vcpu_wake_up(vcpu{v.id}): woke it")
             return False
         seen, ipi = self.kvm_request_needs_ipi(v, req)
@@ -330,16 +359,16 @@ class RequestsThreads:
         self.kvm_vcpu_trigger_posted_interrupt(v)
 
     def pi_test_and_set_pir_and_on(self, v: VCpu, vector: int) -> bool:
-        with v.pi_lock:
-            was_set, was_on = vector in v.pir, v.pir_on
-            v.pir.add(vector)
-            if not was_set:
-                v.pir_on = True
-        return was_set or was_on
+        """Value-returning atomics: fully ordered, so PIR.ON is set before vcpu->mode is read (the
+        barrier pairs with the smp_mb() after setting IN_GUEST_MODE). True if the PIR bit, or else
+        PIR.ON, was set already (pi_test_and_set_pir() / pi_test_and_set_on())."""
+        old_pir = self.memory.rmw(v, "pir", lambda pir: pir | {vector}, f"pi_test_and_set_pir({vector})")
+        if vector in old_pir:
+            return True
+        return bool(self.memory.rmw(v, "pir_on", lambda on: True, "pi_test_and_set_on()"))
 
     def kvm_vcpu_trigger_posted_interrupt(self, v: VCpu) -> None:
-        # The atomic test-and-set of PIR.ON is ordered before the read of vcpu->mode.
-        mode = v.mode.read()
+        mode = self.memory.read_once(v, "mode")
         if mode == IN_GUEST_MODE:
             self.send_pi_notification(v)
             point(f"vcpu{v.id} IN_GUEST_MODE: notification IPI sent")
@@ -354,14 +383,26 @@ class RequestsThreads:
             if not in_guest:
                 v.pi_notification = True  # latched until interrupts are enabled
         if in_guest:
-            self.vmx_sync_pir_to_irr(v)  # the CPU processes it without an exit
+            self._process_posted_interrupts(v)  # the CPU processes it without an exit
 
-    def vmx_sync_pir_to_irr(self, v: VCpu) -> None:
-        with v.pi_lock:
+    def _process_posted_interrupts(self, v: VCpu) -> None:
+        """The CPU, in guest mode, takes the notification: it moves PIR to IRR atomically, from memory."""
+        with v._lock:
             if v.pir_on:
                 v.pir_on = False
                 v.irr |= v.pir
-                v.pir = set()
+                v.pir = frozenset()
+
+    def vmx_sync_pir_to_irr(self, v: VCpu) -> None:
+        """pi_test_on(); pi_clear_on(); smp_mb__after_atomic(); then PIR is moved to IRR word by
+        word with xchg()."""
+        if not self.memory.read_once(v, "pir_on"):
+            return
+        self.memory.atomic(v, "pir_on", lambda on: False, "pi_clear_on()")
+        self.memory.smp_mb__after_atomic()
+        moved = self.memory.xchg(v, "pir", frozenset())
+        with v._lock:
+            v.irr |= moved
 
     # -- the run loop ------------------------------------------------------------
     def vcpu_run(self, ctx: ThreadContext, vcpu: int, entries: int = 1) -> int:
@@ -382,10 +423,9 @@ class RequestsThreads:
     def check_vcpu_requests(self, v: VCpu) -> bool:
         """The top of vcpu_enter_guest(): kvm_check_request() for each pending request.
         Returns True when KVM_REQ_VM_DEAD says to leave with -EIO."""
-        while True:
-            nr = v.requests.take_lowest()
-            if nr is None:
-                return False
+        while bits := self.memory.read_once(v, "requests"):
+            nr = (bits & -bits).bit_length() - 1
+            self.check_request_bit(v, nr)
             v.handled.append(nr)
             if nr == KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK:
                 v.tlb_gen = self.tlb_flushes_started.read()
@@ -393,12 +433,13 @@ class RequestsThreads:
             if nr == KVM_REQ_VM_DEAD & KVM_REQUEST_MASK and self.has_vm_dead:
                 point("KVM_REQ_VM_DEAD: return -EIO")
                 return True
+        return False
 
     def vcpu_enter_guest(self, v: VCpu) -> bool:
         """The guest-entry sequence of "Ensuring Requests Are Seen", one step per point."""
         self.local_irq_disable(v)
         point("local_irq_disable()")
-        v.mode.write(IN_GUEST_MODE)
+        self.memory.write_once(v, "mode", IN_GUEST_MODE)
         with v.cpu_lock:
             v.stay_ipis = 0
         point("WRITE_ONCE(vcpu->mode, IN_GUEST_MODE)")
@@ -407,7 +448,7 @@ class RequestsThreads:
         self.vmx_sync_pir_to_irr(v)
         why = self.kvm_vcpu_exit_request(v)
         if why:
-            v.mode.write(OUTSIDE_GUEST_MODE)
+            self._outside_guest_mode(v)
             v.aborts += 1
             point(f"{mb}{why}: abort guest entry")
             self.local_irq_enable(v)
@@ -418,14 +459,21 @@ class RequestsThreads:
         return True
 
     def smp_mb__after_srcu_read_unlock(self, v: VCpu) -> str:
-        # The atomics are sequentially consistent (locked): nothing to do but name it.
+        """The smp_mb() between setting IN_GUEST_MODE and the last checks (the Dekker pattern's
+        barrier). Returns its label."""
+        self.memory.smp_mb()
         return "smp_mb(); "
 
     def kvm_vcpu_exit_request(self, v: VCpu) -> str | None:
-        pending = v.requests.read() != 0
-        if v.mode.read() == EXITING_GUEST_MODE:
+        pending = self.memory.read_once(v, "requests") != 0
+        if self.memory.read_once(v, "mode") == EXITING_GUEST_MODE:
             return f"vcpu->mode = EXITING_GUEST_MODE, kvm_request_pending() = {str(pending).lower()}"
         return "kvm_request_pending() = true" if pending else None
+
+    def _outside_guest_mode(self, v: VCpu) -> None:
+        """vcpu->mode = OUTSIDE_GUEST_MODE; smp_wmb(); as vcpu_enter_guest() leaves guest mode."""
+        self.memory.write_once(v, "mode", OUTSIDE_GUEST_MODE)
+        self.memory.smp_wmb()
 
     def guest_enter(self, v: VCpu) -> None:
         """VM entry enables interrupts atomically; the guest runs until an IPI forces an exit."""
@@ -435,7 +483,7 @@ class RequestsThreads:
             v.irqs_disabled = False
             notification, v.pi_notification = v.pi_notification, False
         if notification:
-            self.vmx_sync_pir_to_irr(v)
+            self._process_posted_interrupts(v)
         wait_on(v.cpu_irq, "VM entry, interrupts enabled atomically: guest runs",
                 lambda: v.ipis_pending > 0, idle=True)
 
@@ -445,7 +493,7 @@ class RequestsThreads:
             v.exits += 1
             v.irqs_disabled = True
         point("VM exit (IPI)")
-        v.mode.write(OUTSIDE_GUEST_MODE)
+        self._outside_guest_mode(v)
         point("vcpu->mode = OUTSIDE_GUEST_MODE")
         self.local_irq_enable(v)
         point("local_irq_enable(): pending IPIs acknowledged")
@@ -454,10 +502,11 @@ class RequestsThreads:
         v = self.vcpus[vcpu]
         self.local_irq_disable(v)
         point("local_irq_disable()")
-        v.mode.write(READING_SHADOW_PAGE_TABLES)
+        # walk_shadow_page_lockless_begin()/_end() of x86's MMU.
+        self.memory.store_mb(v, "mode", READING_SHADOW_PAGE_TABLES)
         point("vcpu->mode = READING_SHADOW_PAGE_TABLES")
         point("walk the shadow page tables")
-        v.mode.write(OUTSIDE_GUEST_MODE)
+        self.memory.store_release(v, "mode", OUTSIDE_GUEST_MODE)
         point("vcpu->mode = OUTSIDE_GUEST_MODE")
         self.local_irq_enable(v)
         point("local_irq_enable()")
@@ -466,9 +515,7 @@ class RequestsThreads:
     def kvm_vcpu_check_block(self, v: VCpu) -> str | None:
         """Why to stop blocking, in the kernel's order (KVM_REQ_UNBLOCK is consumed); a posted
         interrupt still in the PIR makes the vCPU runnable."""
-        with v.pi_lock:
-            posted = v.pir_on
-        if v.runnable or posted:
+        if v.runnable or v.pir_on:
             return "runnable"
         if v.timer_pending:
             return "timer"
@@ -480,10 +527,11 @@ class RequestsThreads:
 
     def set_current_state(self, v: VCpu) -> None:
         """set_current_state(TASK_INTERRUPTIBLE) *before* the condition, so a wake-up after
-        the check is not lost."""
+        the check is not lost: smp_store_mb()."""
         with v.wq_lock:
             v.woken = False
             v.interruptible = True
+        self.memory.smp_mb()
 
     def schedule(self, v: VCpu) -> None:
         with v.wq_lock:
