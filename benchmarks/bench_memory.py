@@ -169,6 +169,7 @@ def main() -> None:
     ap.add_argument("--litmus-every", type=int, default=20000,
                     help="enumerated schedules per litmus test before drawing (all of a small one)")
     ap.add_argument("--only-litmus", action="store_true", help="skip the cost and hunt tables")
+    ap.add_argument("--no-hunt", action="store_true", help="skip the missing-barrier table")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -210,6 +211,10 @@ def main() -> None:
         print(f"sc against {args.baseline_rev}: {sum(totals['sc/base']) / sum(totals['base']):.3f} x "
               "(CPU time, same schedules, same run)")
 
+    if args.no_hunt:
+        if args.litmus:
+            litmus(args.litmus, args.litmus_every)
+        return
     from tests.bite import guarantees
     from tests.broken.barriers import VARIANTS, backend
 
