@@ -66,13 +66,17 @@ def resolve(name: str, known: Mapping[str, Callable[[], Any]]) -> Backend:
         backend = factory()
     except Exception as exc:
         raise BackendError(f"backend {name!r}: its factory raised {type(exc).__name__}: {exc}") from None
-    missing = [a for a in ("name", "capabilities", "archs", "doc_versions", "new_machine")
-               if not hasattr(backend, a)]
+    try:  # a declaration is foreign code too: a property may raise
+        missing = [a for a in ("name", "capabilities", "archs", "doc_versions", "new_machine")
+                   if not hasattr(backend, a)]
+        wrong = [] if missing else _wrong_types(backend)
+    except Exception as exc:
+        raise BackendError(f"backend {name!r}: reading its declarations raised {type(exc).__name__}: "
+                           f"{exc}") from None
     if missing:
         raise BackendError(
             f"backend {name!r}: its factory returned {type(backend).__name__}, which lacks "
             f"{', '.join(missing)} (see pytest_kvmconf.backend.Backend)")
-    wrong = _wrong_types(backend)
     if wrong:
         raise BackendError(f"backend {name!r}: {'; '.join(wrong)} (see pytest_kvmconf.backend.Backend)")
     return backend

@@ -439,6 +439,12 @@ def test_wrong_typed_declarations_are_refused_at_registration(attr: str, value: 
         resolve("x", {"x": cls})
 
 
+def test_a_declaration_that_raises_is_refused_at_registration() -> None:
+    cls = type("B", (Backend,), {"capabilities": property(lambda self: 1 / 0)})
+    with pytest.raises(BackendError, match="backend 'x': reading its declarations raised ZeroDivisionError"):
+        resolve("x", {"x": cls})
+
+
 # -- leaks and flakiness ---------------------------------------------------------------
 
 def test_a_backend_leaking_fds_per_machine_is_reported() -> None:
