@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from hypothesis import settings
 
 from . import replay as replays
+from .backend_check import BackendWarning
 from .conformance import why_not
 from .engine import guard
 from .engine.explore import CouldNotDecide, NothingReached, ViolationFound, explore, replay
@@ -64,8 +67,17 @@ class GuaranteeItem(pytest.Item):
         if reason:
             # The skip points at the guarantee in its spec file, not at this line.
             raise pytest.skip.Exception(reason, _use_item_location=True)
-        with guard.watching(g.id, backend):
-            self._run(run, g, backend)
+        left: list[Any] = []
+        try:
+            with guard.watching(g.id, backend) as left:
+                self._run(run, g, backend)
+        finally:
+            if left:
+                frames = sys._current_frames()
+                warnings.warn(BackendWarning(
+                    f"backend {run.backend_name} left {len(left)} thread(s) of its own running after {g.id}: "
+                    f"{'; '.join(x.describe(frames) for x in left)}; pytest will not wait for them at exit"),
+                    stacklevel=1)
 
     def _run(self, run: RunState, g: Guarantee, backend: Any) -> None:
         options = RunOptions(run.doc_version, free=run.free, point_timeout=run.point_timeout,

@@ -394,6 +394,8 @@ def test_pytest_exits_when_a_backend_leaves_a_non_daemon_thread_behind(
     out, err = result.stdout.str(), result.stderr.str()
     assert f"'{helper}' (non-daemon; left by backend '{factory}' in TOY-01, at stranding.py:" in out, out
     assert "in helper_waits_forever" in out, out
+    warned = f"BackendWarning: backend stranding:{factory} left 1 thread(s) of its own running after TOY-01: '{helper}'"
+    assert warned in out, out  # on the guarantee's test: under xdist, only this reaches the terminal
     assert "exiting without waiting for 1 non-daemon thread(s)" in err and helper in err, err
     assert "the backend's atexit handler ran" in err, err
     assert (pytester.path / "user-thread-finished").read_text() == "yes"

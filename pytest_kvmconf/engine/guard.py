@@ -306,11 +306,12 @@ _WATCHDOG = _Watchdog()
 
 
 @contextmanager
-def watching(gid: str, backend: Any) -> Iterator[None]:
+def watching(gid: str, backend: Any) -> Iterator[list[leftover.Left]]:
     """Around all the runs of one guarantee: the hang signal's handler is held once for them, and
-    the threads the backend starts and leaves running are recorded for :mod:`.leftover`."""
-    with _WATCHDOG.handler(), leftover.recording(gid, _name(backend)):
-        yield
+    the threads the backend starts and leaves running are recorded for :mod:`.leftover` (the
+    list given gets them when it ends)."""
+    with _WATCHDOG.handler(), leftover.recording(gid, _name(backend)) as left:
+        yield left
 
 
 def _fds() -> int:

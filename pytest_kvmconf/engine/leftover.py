@@ -11,7 +11,9 @@ would: Python joins every non-daemon thread when the interpreter shuts down
   that was born inside and is still alive at the end is the backend's, recorded with the
   guarantee and the backend. Threads that existed before, the engine's own, and threads born
   outside a guarantee's runs (the user's own tests, fixtures, plugins) are never recorded.
-* :func:`report` names each recorded thread still alive, with where its stack stands.
+* The guarantee's test gets a warning naming them (it reaches the terminal under xdist too);
+  :func:`report` names, at the end of the session, each recorded thread still alive, with
+  where its stack stands.
 * :func:`release`, called when pytest is done (``pytest_unconfigure``): if a recorded
   non-daemon thread is still alive, a daemon thread (``kvmconf-exit``) waits for the
   interpreter's shutdown. Python then joins its non-daemon threads as always: every thread that
@@ -83,16 +85,19 @@ def where(t: threading.Thread, frames: dict[int, Any] | None = None) -> str:
 
 
 @contextmanager
-def recording(gid: str, backend: str) -> Iterator[None]:
-    """Record the threads born inside that are still alive at its end (on every way out)."""
+def recording(gid: str, backend: str) -> Iterator[list[Left]]:
+    """Record the threads born inside that are still alive at its end (on every way out); the
+    list it gives gets this stretch's ones, for a warning on the guarantee's test."""
     before = set(threading.enumerate())
+    new: list[Left] = []
     try:
-        yield
+        yield new
     finally:
         known = {id(x.thread) for x in _left}
         for t in threading.enumerate():
             if t not in before and t.is_alive() and not engine_thread(t) and id(t) not in known:
-                _left.append(Left(t, gid, backend))
+                new.append(Left(t, gid, backend))
+        _left.extend(new)
 
 
 def alive() -> list[Left]:
