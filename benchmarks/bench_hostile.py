@@ -8,14 +8,15 @@ same fixed schedules in the same run, over every guarantee the backends can chec
 1. conditions: every check of every spec evaluated on the final states of the schedules,
    by the compiled closures (spec/expr.py) and, with ``--base DIR`` (a checkout from before
    the change), by the old tree walker of DIR/pytest_kvmconf/spec/expr.py;
-2. reference backend: run_schedule with the generator run watched for hangs as pytest runs it
-   (a watchdog thread and a signal, see engine/guard.py; the signal's handler held once per
-   guarantee by guard.watching), watched by a caller outside guard.watching (the handler
-   installed and restored around every run: two sigaction calls), and unwatched; and the
-   watch's own cost per run, measured around an empty run (the whole-run figures are noisy on
-   a shared machine, this one is not);
-3. threaded backend: pooled workers reused across schedules (the default, WORKER_IDLE > 0)
-   against a fresh OS thread per spec thread and schedule (WORKER_IDLE = 0).
+2. reference backend: run_schedule with the generator run (and new_machine/close) watched for
+   hangs as pytest runs it (a watchdog thread and a signal, see engine/guard.py; the signal's
+   handler held once per guarantee by guard.watching), watched by a caller outside
+   guard.watching (the handler installed and restored around every run: two signal.signal
+   calls), and unwatched; and the watch's own cost per run, measured around an empty run (the
+   whole-run figures are noisy on a shared machine, this one is not);
+3. threaded backend: pooled workers reused across schedules (the default, WORKER_IDLE > 0),
+   the same with the backend's methods outside operations (new_machine, observe, close)
+   unwatched, and a fresh OS thread per spec thread and schedule (WORKER_IDLE = 0).
 
 The variants run in interleaved rounds in alternating order (--rounds, default 10); each row
 shows the median CPU per schedule over the rounds, the range of the rounds, and the median of
@@ -162,16 +163,17 @@ def main() -> None:
     gs = checkable(reference)
     bench_conditions(gs, max(5, args.examples // 5), args.base)
     print()
-    watched = guard.watched
+    watched, bounded = guard.watched, guard.bounded
 
     def direct(run, progress, timeout, what):
         run()
 
-    def use_direct():
+    def use_direct():  # no hang watch at all: generator runs, and backend methods outside them
         guard.watched = direct
+        guard.bounded = lambda backend, method, call, timeout: call()
 
     def restore():
-        guard.watched = watched
+        guard.watched, guard.bounded = watched, bounded
 
     progress, empty, n = guard.Progress(), (lambda: None), 50_000
     cpu, _ = timed(lambda: [watched(empty, progress, 5.0, "empty") for _ in range(n)])
@@ -182,7 +184,7 @@ def main() -> None:
     bench_runs("reference", reference, gs, args.examples, {
         "watched, handler per guarantee (pytest)": (lambda: None, lambda: None, True),
         "watched, handler per run (outside watching)": (lambda: None, lambda: None, False),
-        "direct, unwatched": (use_direct, restore, False),
+        "unwatched (no hang detection)": (use_direct, restore, True),
     }, args.rounds)
     print()
     idle = workers.WORKER_IDLE
@@ -195,6 +197,7 @@ def main() -> None:
 
     bench_runs("threaded", threaded, checkable(threaded), max(5, args.examples // 2), {
         "pooled workers (default)": (lambda: None, lambda: None, True),
+        "pooled, backend methods unwatched": (use_direct, restore, True),
         "a fresh OS thread per spec thread": (fresh, reset, True),
     }, max(2, args.rounds // 2))
 
