@@ -35,18 +35,21 @@ class RandomPicker:
         self.count = 0
 
     def pick(self, runnable: list, current: Any) -> Any:
+        if len(runnable) == 1:
+            return runnable[0]
         self.count += 1
-        return runnable[self.rng.randrange(len(runnable))] if len(runnable) > 1 else runnable[0]
+        return runnable[self.rng.randrange(len(runnable))]
 
 
 class PctPicker:
     """Probabilistic concurrency testing (Burckhardt et al., ASPLOS 2010): every entity gets a
     random priority when first seen, the highest-priority runnable one runs, and at d-1 random
-    points among the first ``steps`` picks the running entity drops below all others.
+    points among the first ``steps`` decisions (picks among two or more runnable entities) the
+    running entity drops below all others.
 
     A bug of depth d (d ordering constraints) is found with probability at least
     1/(n * steps^(d-1)) per schedule, n the number of entities. ``early`` > 1 leans the change
-    points towards the first picks (a point is 1 + steps * u^early, u uniform in [0, 1))."""
+    points towards the first decisions (a point is 1 + steps * u^early, u uniform in [0, 1))."""
 
     __slots__ = ("rng", "depth", "priority", "changes", "count")
 
@@ -66,6 +69,9 @@ class PctPicker:
         return max(runnable, key=self.priority.__getitem__)
 
     def pick(self, runnable: list, current: Any) -> Any:
+        if len(runnable) == 1:
+            return runnable[0]
+        # Only decisions count: a change point where one entity is runnable would change nothing.
         self.count += 1
         chosen = self._top(runnable)
         lowered = self.changes.get(self.count)
@@ -75,18 +81,39 @@ class PctPicker:
         return chosen
 
 
-#: The mixed search (measured with benchmarks/bench_search.py): random alone misses bugs that
-#: need one thread starved for many steps, which PCT finds; PCT is slower on bugs that need
-#: several early switches, which random finds in a few schedules. So the first schedules are
-#: uniformly random, then this share of schedules is PCT's, with these depths, and change points
-#: leaning towards the first picks (early windows are the common case in short threads).
-MIXED_RANDOM_FIRST = 6
-MIXED_PCT_SHARE = 0.6
+#: The mixed search (measured with benchmarks/bench_search.py, 50 seeds per broken variant).
+#: Its first schedules are exactly the random search's: where random finds a bug within them,
+#: mixed finds it at the same schedule (a bug found this early needs no cleverness, and any other
+#: phase first would only delay it).
+MIXED_RANDOM_FIRST = 12
+#: After them every schedule is PCT's, with a depth from this range: the bugs random has not found
+#: by then need a thread starved across a window, which is what PCT's priorities produce.
 MIXED_DEPTHS = (3, 6)
+#: Half of those PCT schedules lean their change points towards the first decisions (a point is
+#: 1 + steps * u^MIXED_EARLY): a window at a thread's first steps (SPTE-02's ABA) is found twice
+#: as often that way, while windows further in (REQ-19's) are found less often.
 MIXED_EARLY = 2.0
-#: The mixed search's parameters and steps: dealt from decks, and this share of sequences at
-#: their longest (more steps contain more patterns; the shrinker removes the extra ones).
+MIXED_EARLY_SHARE = 0.5
+#: The PCT phase's parameters and steps: dealt from decks, and this share of sequences at their
+#: longest (more steps contain more patterns; the shrinker removes the extra ones).
 MIXED_LONG = 0.8
+
+
+class PhasedDrawer:
+    """``first``'s schedules for the first ``switch`` schedules, ``then``'s after them.
+
+    The mixed search's first schedules are exactly the random search's (same drawer, same
+    picker, same random stream): where random finds a bug early, mixed finds it at the same
+    schedule, and its own phase only has to do better on what random finds late."""
+
+    __slots__ = ("first", "switch", "then", "count")
+
+    def __init__(self, first: Drawer, switch: int, then: Drawer):
+        self.first, self.switch, self.then, self.count = first, switch, then, 0
+
+    def schedule(self) -> Any:
+        self.count += 1
+        return (self.first if self.count <= self.switch else self.then).schedule()
 
 
 @dataclass
@@ -96,25 +123,32 @@ class Search:
     name: str
     #: PCT's depth d (bug depth it targets); 0 for the other searches.
     depth: int = 0
-    #: PCT's estimate of the picks per schedule: the most any schedule needed so far.
+    #: PCT's estimate of the decisions per schedule: the most any PCT schedule met so far.
     steps: int = 10
 
-    def drawer(self, g: Guarantee, doc_version: str, rng: Random) -> Drawer:
+    def drawer(self, g: Guarantee, doc_version: str, rng: Random) -> Drawer | PhasedDrawer:
         if self.name == "mixed":
-            return Drawer(g, doc_version, rng, decks=True, long=MIXED_LONG)
+            return PhasedDrawer(Drawer(g, doc_version, rng), MIXED_RANDOM_FIRST,
+                                Drawer(g, doc_version, rng, decks=True, long=MIXED_LONG))
         return Drawer(g, doc_version, rng)
 
     def picker(self, rng: Random, index: int = 0) -> Picker:
         """The picker for the ``index``-th schedule of a hunt."""
         if self.name == "pct":
             return PctPicker(rng, self.depth, self.steps)
-        if self.name == "mixed" and index >= MIXED_RANDOM_FIRST and rng.random() < MIXED_PCT_SHARE:
-            return PctPicker(rng, rng.randint(*MIXED_DEPTHS), self.steps, MIXED_EARLY)
+        if self.name == "mixed" and index >= MIXED_RANDOM_FIRST:
+            return PctPicker(rng, rng.randint(*MIXED_DEPTHS), self.steps,
+                             MIXED_EARLY if rng.random() < MIXED_EARLY_SHARE else 1.0)
         return RandomPicker(rng)
 
     def observed(self, picker: Picker) -> None:
-        """Learn from a finished schedule (PCT widens its step estimate)."""
-        self.steps = max(self.steps, getattr(picker, "count", 0))
+        """Learn from a finished schedule: PCT widens its estimate of the decisions per schedule.
+
+        Only PCT's own schedules count: a random one switches at every other decision, keeps
+        every thread alive longer and so meets more decisions than a PCT schedule ever does;
+        change points placed past a PCT schedule's end change nothing."""
+        if isinstance(picker, PctPicker):
+            self.steps = max(self.steps, picker.count)
 
     @property
     def own(self) -> bool:
@@ -127,8 +161,8 @@ class Search:
 
 #: search name -> what it does, for option help and errors.
 SEARCHES: dict[str, str] = {
-    "mixed": "the default: uniformly random schedules first, then 60% PCT ones (depth 3 to 6, "
-             "early change points); parameters and steps dealt from shuffled decks, most sequences long",
+    "mixed": f"the default: the random search's first {MIXED_RANDOM_FIRST} schedules, then PCT ones "
+             "(depth 3 to 6) with parameters and steps dealt from shuffled decks, most sequences long",
     "random": "a uniformly random runnable entity at every scheduling point",
     "pct": "PCT with depth D (pct:D, default 3): random priorities, D-1 priority change points",
     "hypothesis": "hypothesis draws and shrinks whole schedules (the search shipped before 'mixed')",
@@ -150,7 +184,7 @@ def parse_search(text: str) -> Search:
             depth = 0
         if not 1 <= depth <= 10:
             raise ValueError(f"search {text!r}: pct's depth is a whole number from 1 to 10, e.g. pct:3")
-        return Search("pct", depth)
+        return Search(name, depth)
     if arg:
         raise ValueError(f"search {text!r}: only pct takes a parameter (pct:D); known searches: {known}")
     return Search(name)
