@@ -119,6 +119,25 @@ def test_an_override_under_a_former_name_warns_with_the_step() -> None:
                for w in warnings), warnings
 
 
+def test_a_mixin_of_overrides_under_a_former_name_warns_too() -> None:
+    class Overrides:  # composed with a machine, as tests/broken/locking.py does
+        def _hardware_enable_all(self, ctx):
+            yield from ()
+
+    machine = type("Composed", (Overrides, ReferenceMachine), {})
+    _, warnings = problems(running(machine, "composed"))
+    assert any("Overrides._hardware_enable_all overrides nothing: the bundled backends call that step "
+               "'hardware_enable_all'" in w for w in warnings), warnings
+
+
+def test_the_locking_variants_composed_with_either_machine_pass_the_check() -> None:
+    from .broken import locking
+
+    for name in locking.VARIANTS:
+        for base in (ReferenceBackend(), ThreadedBackend()):
+            assert problems(locking.backend(name, base)) == ([], []), (name, base.name)
+
+
 def test_every_former_name_points_at_a_declared_step() -> None:
     from pytest_kvmconf.backend_check import FORMER_NAMES
 

@@ -4,7 +4,9 @@ Each facet's model is a mixin in its own module (``requests.py``, ...). A
 mixin provides its operations as generator methods named after the
 operation, an ``init_<facet>(config)`` method and an ``observe_<facet>()``
 method returning its part of the observable state. :class:`ReferenceMachine`
-composes them; broken variants in tests/ subclass it and override one rule.
+composes them; broken variants in tests/ subclass it and override one rule: an operation, or a
+step of the facets' vocabulary (:attr:`pytest_kvmconf.facets.Facet.steps`, the same names as in
+the threaded backend).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ same code runs preemptively.
 Each facet is a mixin module (``requests.py``, ...) providing one plain method
 per operation, ``init_<facet>(config)`` and ``observe_<facet>()``;
 :class:`ThreadedMachine` composes the MIXINS. Broken variants in tests/ subclass
-it and override one method.
+it and override one method: an operation, or a step of the facets' vocabulary
+(:attr:`pytest_kvmconf.facets.Facet.steps`, the same names as in the reference model).
 """
 
 from __future__ import annotations
