@@ -138,6 +138,17 @@ def test_the_locking_variants_composed_with_either_machine_pass_the_check() -> N
             assert problems(locking.backend(name, base)) == ([], []), (name, base.name)
 
 
+def test_the_ported_variants_override_steps_that_return_at_once() -> None:
+    # tests/broken/threaded.py runs these reference variants' code unchanged on the threaded backend
+    # (test_threaded checks each is caught there): possible because they override such steps only.
+    from .broken.threaded import PORTED
+
+    steps = facets.all_steps()
+    for cls in PORTED:
+        overridden = {n for n, v in vars(cls).items() if callable(v) and not n.startswith("__")}
+        assert overridden and all(n in steps and not steps[n].points for n in overridden), cls
+
+
 def test_every_former_name_points_at_a_declared_step() -> None:
     from pytest_kvmconf.backend_check import FORMER_NAMES
 
