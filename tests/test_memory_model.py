@@ -10,7 +10,7 @@ import pytest
 from pytest_kvmconf.backends.reference import ReferenceBackend
 from pytest_kvmconf.backends.threaded import ThreadedBackend
 from pytest_kvmconf.engine.explore import ViolationFound, replay
-from pytest_kvmconf.engine.memory import Memory
+from pytest_kvmconf.engine.memory import Memory, SharedMap
 from pytest_kvmconf.engine.runner import RunOptions
 from pytest_kvmconf.report import timeline
 from pytest_kvmconf.spec.loader import SpecError, load_file
@@ -168,6 +168,26 @@ def test_lkmm_store_may_go_before_a_write_its_cpu_has_not_seen() -> None:
     assert loc.x == 2 and m.read_once(loc, "x") == 2
     m.write_once(loc, "x", 3)  # a has seen x = 2 now: its next store comes after it
     assert not [e for e in m.events() if e.how == "hidden"]
+
+
+def test_lkmm_spin_lock_waits_for_the_unlock_and_sees_what_its_holder_saw() -> None:
+    m, loc = _locations()
+    lock = SharedMap("", default=0)
+    m.cpu = "a"
+    m.spin_lock(lock, "l")
+    m.write_once(loc, "x", 1)
+    m.spin_unlock(lock, "l")
+    assert not m.lock_free(lock, "l", "b") and m.lock_free(lock, "l", "a")
+    for e in [e for e in m.events() if e.how == "keep old"][:1]:
+        e.advance()  # x = 1 reaches memory, b keeps its old copy
+    assert m.read_once(loc, "x") == 1
+    m.cpu = "b"
+    assert m.read_once(loc, "x") == 0
+    (unlock,) = [e for e in m.events() if e.how == "everywhere"]
+    unlock.advance()
+    assert m.lock_free(lock, "l", "b")
+    m.spin_lock(lock, "l")
+    assert lock["l"] == 1 and m.read_once(loc, "x") == 1
 
 
 def test_weak_models_skip_where_they_cannot_be_simulated() -> None:

@@ -90,6 +90,78 @@ class SharedMap(dict):
         self.mem_name, self.default = mem_name, default
 
 
+def _lock_of(obj: Any) -> Any:
+    return _NO_LOCK if isinstance(obj, dict) else getattr(obj, "_lock", _NO_LOCK)
+
+
+def _sc_read(obj: Any, field: Any, dep: bool = False, lazy: bool = False) -> Any:
+    return obj.get(field, getattr(obj, "default", None)) if isinstance(obj, dict) else getattr(obj, field)
+
+
+def _sc_update(obj: Any, field: Any, fn: Callable[[Any], Any], name: str = "") -> Any:
+    with _lock_of(obj):
+        old = _get(obj, field)
+        _set(obj, field, fn(old))
+    return old
+
+
+def _sc_set_bit(obj: Any, field: Any, nr: int) -> None:
+    with _lock_of(obj):
+        _set(obj, field, _get(obj, field) | 1 << nr)
+
+
+def _sc_clear_bit(obj: Any, field: Any, nr: int) -> None:
+    with _lock_of(obj):
+        _set(obj, field, _get(obj, field) & ~(1 << nr))
+
+
+def _sc_test_and_set_bit(obj: Any, field: Any, nr: int) -> bool:
+    return bool(_sc_update(obj, field, lambda v: v | 1 << nr) >> nr & 1)
+
+
+def _sc_test_and_clear_bit(obj: Any, field: Any, nr: int) -> bool:
+    return bool(_sc_update(obj, field, lambda v: v & ~(1 << nr)) >> nr & 1)
+
+
+def _sc_xchg(obj: Any, field: Any, new: Any) -> Any:
+    with _lock_of(obj):
+        old = _get(obj, field)
+        _set(obj, field, new)
+    return old
+
+
+def _sc_cmpxchg(obj: Any, field: Any, old: Any, new: Any, relaxed: bool = False) -> Any:
+    with _lock_of(obj):
+        seen = _get(obj, field)
+        if seen == old:
+            _set(obj, field, new)
+    return seen
+
+
+def _sc_store_mb(obj: Any, field: Any, value: Any) -> None:
+    _set(obj, field, value)
+
+
+def _no_barrier(*_: Any) -> None:
+    pass
+
+
+#: Memory's accesses and barriers under sc (see Memory.__init__).
+_SC: dict[str, Callable[..., Any]] = {
+    "read_once": _sc_read, "load_acquire": _sc_read,
+    "write_once": _set, "store_release": _set, "store_mb": _sc_store_mb,
+    "spin_unlock": lambda obj, field: _set(obj, field, 0),
+    "atomic": _sc_update, "rmw": _sc_update, "set_bit": _sc_set_bit, "clear_bit": _sc_clear_bit,
+    "test_and_set_bit": _sc_test_and_set_bit, "test_and_clear_bit": _sc_test_and_clear_bit,
+    "xchg": _sc_xchg, "cmpxchg": _sc_cmpxchg,
+    "smp_mb": _no_barrier, "smp_wmb": _no_barrier, "smp_rmb": _no_barrier, "interrupt": _no_barrier,
+    "smp_mb__before_atomic": _no_barrier, "smp_mb__after_atomic": _no_barrier,
+    "smp_mb__after_spinlock": _no_barrier,
+    "spin_lock": lambda obj, field: _set(obj, field, 1),
+    "lock_free": lambda obj, field, thread: _get(obj, field) == 0,
+}
+
+
 class Pending:
     """lkmm: a READ_ONCE() whose value is not fixed yet (``read_once(..., lazy=True)``).
 
@@ -191,6 +263,15 @@ class Memory:
         self.weak = model != "sc"
         self.lkmm = model == "lkmm"
         self.cpu = ""
+        #: what the accesses of the current advance did, for the timeline.
+        self.notes: list[str] = []
+        if not self.weak:
+            # sc, the default and the fastest: each access is the plain one (an atomic under the
+            # location's lock). Plain functions in the instance shadow the methods, so a model
+            # pays one call per access, and no store buffers or views are made.
+            for name, fn in _SC.items():
+                setattr(self, name, fn)
+            return
         self.buffers: dict[str, list[_Store]] = {}
         #: lkmm: thread -> location key -> (obj, field, value, stamp, view) the thread still sees
         self.stale: dict[str, dict[tuple[int, Any], tuple[Any, Any, Any, int, dict | None]]] = {}
@@ -205,8 +286,6 @@ class Memory:
         self.carried: dict[str, dict] = {}
         self.fence_view: dict = {}
         self.loads: dict[str, list[Pending]] = {}
-        #: what the accesses of the current advance did, for the timeline.
-        self.notes: list[str] = []
 
     def start(self, threads: dict[str, int | None]) -> None:
         """The run's spec threads, with the vCPU each is the thread of."""
@@ -251,8 +330,6 @@ class Memory:
         """READ_ONCE(). ``dep``: the address comes from an earlier load (an address
         dependency orders the two loads). ``lazy`` (lkmm): the caller only binds the value, so
         the load may be satisfied after later accesses (a :class:`Pending`)."""
-        if not self.weak:
-            return _get(obj, field)
         if self.lkmm:
             if dep:
                 self._order_loads(self.cpu)
@@ -262,22 +339,14 @@ class Memory:
 
     def write_once(self, obj: Any, field: Any, value: Any) -> None:
         """WRITE_ONCE()."""
-        if not self.weak:
-            _set(obj, field, value)
-            return
         self._buffer(obj, field, value, None, "WRITE_ONCE", release=False)
 
     def load_acquire(self, obj: Any, field: Any) -> Any:
         """smp_load_acquire(): later accesses come after it."""
-        if not self.weak:
-            return _get(obj, field)
         return self._load(obj, field, "smp_load_acquire", acquire=True)
 
     def store_release(self, obj: Any, field: Any, value: Any) -> None:
         """smp_store_release(): earlier accesses come before it."""
-        if not self.weak:
-            _set(obj, field, value)
-            return
         self._buffer(obj, field, value, None, "smp_store_release", release=True)
 
     def store_mb(self, obj: Any, field: Any, value: Any) -> None:
@@ -314,17 +383,55 @@ class Memory:
         """Any other fully ordered value-returning atomic (pi_test_and_set_pir()...)."""
         return self._rmw(obj, field, fn, name)
 
+    # -- spinlocks (the litmus tests' spin_lock(); KVM's models keep their locks plain) ----
+    def lock_free(self, obj: Any, field: Any, thread: str) -> bool:
+        """May ``thread`` take the lock now (a waiter's condition)? The lock word is 0 in memory,
+        or the thread's own last buffered store to it (its spin_unlock()) is."""
+        mine = [s for s in self.buffers.get(thread, ()) if s.key == (id(obj), field)]
+        return (mine[-1].value if mine and mine[-1].op is None else _get(obj, field)) == 0
+
+    def spin_lock(self, obj: Any, field: Any) -> None:
+        """spin_lock() of a free lock: an acquire read-modify-write of the lock word (x86: a
+        locked instruction, a full barrier). Under lkmm the taker sees what the thread that
+        released it had seen (spin_unlock() is smp_store_release())."""
+        if not self.lkmm:
+            self._rmw(obj, field, lambda v: 1, "spin_lock")
+            return
+        t, key = self.cpu, (id(obj), field)
+        self._force(t, key)
+        # Its own spin_unlock() of this lock comes first; and after a spin_unlock() of any lock,
+        # the stores of that critical section (and before) reach memory before anything of this
+        # one does (LKMM's unlock-lock ordering on one CPU).
+        buf = self.buffers[t]
+        last = max((i for i, s in enumerate(buf) if s.key == key or s.name == "spin_unlock"), default=-1)
+        for _ in range(last + 1):
+            self._drain(t, buf[0])
+        released = self.msg_views.get(key)
+        self.stale[t].pop(key, None)
+        _set(obj, field, 1)
+        self._stamp(t, key, atomic=True)
+        self._published(t, obj, field, 0)
+        refreshed = self._see(t, released)
+        self.notes.append(f"spin_lock({location(obj, field)}) takes it" +
+                          (f": {_copies(refreshed)} out of date" if refreshed else ""))
+
+    def spin_unlock(self, obj: Any, field: Any) -> None:
+        """spin_unlock(): smp_store_release() of the lock word."""
+        self._buffer(obj, field, 0, None, "spin_unlock", release=True)
+
+    def smp_mb__after_spinlock(self) -> None:
+        # x86: the lock was a locked instruction already.
+        if self.lkmm:
+            self._fence("smp_mb__after_spinlock")
+
     # -- barriers --------------------------------------------------------------------
     def smp_mb(self) -> None:
-        if self.weak:
-            self._fence("smp_mb")
+        self._fence("smp_mb")
 
     def interrupt(self, vcpu: int) -> None:
         """The CPU that vCPU ``vcpu``'s thread runs on takes an interrupt (an IPI's handler runs and
         acknowledges it): taking an interrupt serializes that CPU, so its buffered stores reach
         memory before the acknowledgement does."""
-        if not self.weak:
-            return
         for t, v in self.vcpu_of.items():
             if v == vcpu:
                 cpu, self.cpu = self.cpu, t
@@ -469,20 +576,11 @@ class Memory:
         if self.lkmm:
             self._buffer(obj, field, None, op, name, release=False)
             return
-        if self.weak:
-            self._drain_all(self.cpu)
-        with getattr(obj, "_lock", _NO_LOCK) if not isinstance(obj, dict) else _NO_LOCK:
-            old = _get(obj, field)
-            _set(obj, field, op(old))
-        if self.weak:
-            self._published(self.cpu, obj, field, old)
+        self._drain_all(self.cpu)  # tso: a locked instruction
+        old = _get(obj, field)
+        _set(obj, field, op(old))
 
     def _rmw(self, obj: Any, field: Any, fn: Callable[[Any], Any], name: str, relaxed: bool = False) -> Any:
-        if not self.weak:
-            with getattr(obj, "_lock", _NO_LOCK) if not isinstance(obj, dict) else _NO_LOCK:
-                old = _get(obj, field)
-                _set(obj, field, fn(old))
-            return old
         t, key = self.cpu, (id(obj), field)
         if relaxed and self.lkmm:
             # Atomic with respect to its location only: its own earlier accesses there go first.

@@ -28,9 +28,14 @@ litmus.op("smp_load_acquire", [VAR], "int", "smp_load_acquire(var)")
 litmus.op("xchg", [VAR, VALUE], "int", "xchg(var, value): fully ordered, returns the old value")
 litmus.op("cmpxchg", [VAR, Arg("old", "int"), Arg("new", "int")], "int",
           "cmpxchg(var, old, new): fully ordered, returns the old value")
+LOCK = Arg("lock", "str", doc="the spinlock (a shared variable, 0 when free)")
+litmus.op("spin_lock", [LOCK], "none", "spin_lock(lock): waits until the lock is free, then takes it (acquire)")
+litmus.op("spin_unlock", [LOCK], "none", "spin_unlock(lock): releases it (release)")
+litmus.op("spin_is_locked", [LOCK], "int", "spin_is_locked(lock): 1 if held, else 0")
 for name, doc in [("smp_mb", "full barrier"), ("smp_wmb", "orders stores"), ("smp_rmb", "orders loads"),
                   ("smp_mb__before_atomic", "upgrades the following atomic to a full barrier"),
-                  ("smp_mb__after_atomic", "upgrades the preceding atomic to a full barrier")]:
+                  ("smp_mb__after_atomic", "upgrades the preceding atomic to a full barrier"),
+                  ("smp_mb__after_spinlock", "upgrades the preceding spin_lock() to a full barrier")]:
     litmus.op(name, [], "none", f"{name}(): {doc}")
 
 litmus.observables.update({

@@ -7,7 +7,7 @@ from typing import Any
 
 from ...backend import MachineConfig, ThreadContext
 from ...engine.memory import SharedMap, show
-from ...scheduling import Point
+from ...scheduling import Point, Wait
 
 Steps = Generator[Point, None, Any]
 
@@ -71,3 +71,21 @@ class LitmusModel:
         self.memory.smp_mb__after_atomic()
         yield Point("smp_mb__after_atomic()")
 
+    def smp_mb__after_spinlock(self, ctx: ThreadContext) -> Steps:
+        self.memory.smp_mb__after_spinlock()
+        yield Point("smp_mb__after_spinlock()")
+
+    def spin_lock(self, ctx: ThreadContext, lock: str) -> Steps:
+        yield Wait(f"spin_lock({lock}): wait until it is free",
+                   lambda: self.memory.lock_free(self.shared, lock, ctx.name))
+        self.memory.spin_lock(self.shared, lock)
+        yield Point(f"spin_lock({lock})")
+
+    def spin_unlock(self, ctx: ThreadContext, lock: str) -> Steps:
+        self.memory.spin_unlock(self.shared, lock)
+        yield Point(f"spin_unlock({lock})")
+
+    def spin_is_locked(self, ctx: ThreadContext, lock: str) -> Steps:
+        held = int(self.memory.read_once(self.shared, lock) != 0)
+        yield Point(f"spin_is_locked({lock}) = {held}")
+        return held
