@@ -147,6 +147,8 @@ def test_the_ported_variants_override_steps_that_return_at_once() -> None:
     for cls in PORTED:
         overridden = {n for n, v in vars(cls).items() if callable(v) and not n.startswith("__")}
         assert overridden and all(n in steps and not steps[n].points for n in overridden), cls
+        # A copied function calling super() would still name the reference class: none may.
+        assert not any("__class__" in vars(cls)[n].__code__.co_freevars for n in overridden), cls
 
 
 def test_every_former_name_points_at_a_declared_step() -> None:

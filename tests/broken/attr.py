@@ -5,8 +5,6 @@ Reference machines, and two threaded ones. BROKEN maps each machine to the spec 
 
 from __future__ import annotations
 
-from typing import Any
-
 from pytest_kvmconf.backends.reference import ReferenceBackend, ReferenceMachine
 from pytest_kvmconf.backends.reference.attr import ArmVcpu
 from pytest_kvmconf.backends.threaded import ThreadedBackend, ThreadedMachine
@@ -80,13 +78,18 @@ class PmuIrqAcceptsSgi(ReferenceMachine):
         return 0 <= irq <= 1019
 
 
-class SpiSharedByTwoVcpus(ReferenceMachine):
-    """The consistency check forgets that an SPI must be a separate number per vCPU."""
+class SpiShared:
+    """The consistency check forgets that an SPI must be a separate number per vCPU (a mixin: the
+    same step on either machine, super() following the machine it is composed with)."""
 
     def pmu_irq_is_valid(self, c: ArmVcpu, irq: int) -> bool:
         if is_spi(irq):
             return all(is_spi(o.pmu_irq) for o in self.arm_vm.vcpus if o is not c and o.pmu_irq >= 0)
-        return super().pmu_irq_is_valid(c, irq)
+        return super().pmu_irq_is_valid(c, irq)  # type: ignore[misc]
+
+
+class SpiSharedByTwoVcpus(SpiShared, ReferenceMachine):
+    """The consistency check forgets that an SPI must be a separate number per vCPU."""
 
 
 class PpiDifferingAcrossVcpus(ReferenceMachine):
@@ -160,13 +163,8 @@ class ThreadedTimerIrqAcceptedAfterRun(ThreadedMachine):
     timer_ppis_immutable = TimerIrqAcceptedAfterRun.timer_ppis_immutable  # the same step, the same code
 
 
-class ThreadedSpiSharedByTwoVcpus(ThreadedMachine):
-    """The threaded PMU interrupt check lets two vCPUs share an SPI."""
-
-    def pmu_irq_is_valid(self, c: Any, irq: int) -> bool:
-        if is_spi(irq):
-            return all(is_spi(o.pmu_irq_num) for o in self.arm_vcpu_states if o is not c and o.pmu_irq_num >= 0)
-        return super().pmu_irq_is_valid(c, irq)
+class ThreadedSpiSharedByTwoVcpus(SpiShared, ThreadedMachine):
+    """The threaded PMU interrupt check lets two vCPUs share an SPI (the same step, the same code)."""
 
 
 def backend(machine: type) -> ReferenceBackend | ThreadedBackend:
