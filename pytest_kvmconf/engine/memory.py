@@ -6,8 +6,8 @@ access through a :class:`Memory` with the kernel's names (``write_once``,
 once, as the plain Python code did. Under ``tso`` and ``lkmm`` stores wait in a
 per-thread *store buffer*; under ``lkmm`` a store that reaches memory may also
 leave the other CPUs reading the location's older value (a *stale copy*: the
-invalidate queue of memory-barriers.txt's hardware view) until their next
-barrier. When a buffered store reaches memory, and whether the others see it at
+invalidate queue of memory-barriers.txt's hardware view) until a barrier obliges
+them to see newer. When a buffered store reaches memory, and whether the others see it at
 once, is not decided here: each possibility is a :class:`MemoryEvent`, a
 runnable entity the runner offers its chooser beside the threads. So
 reorderings are ordinary scheduling decisions on the same choice tape: they
