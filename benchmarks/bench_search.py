@@ -1,7 +1,7 @@
 """Search power: schedules and CPU to the first violation, per broken variant and search.
 
 Run from the repository root:
-    python benchmarks/bench_search.py [--seeds 50] [--cap 1000] [--searches default,random,pct:3]
+    python benchmarks/bench_search.py [--seeds 50] [--seed-base 0] [--cap 1000] [--searches mixed,random,pct:3]
                                       [--variants SUBSTR,...] [--jobs 2] [--json out.json]
 
 For every broken variant of tests/broken and each guarantee that must catch it (reference and
@@ -105,10 +105,10 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def measure(job: tuple[BrokenCase, list[str], int, int, bool]) -> dict:
-    case, searches, seeds, cap, with_distinct = job
+    case, searches, seeds, cap, with_distinct, base = job
     row: dict = {"family": case.family, "variant": case.variant, "gid": case.gid, "searches": {}}
     for search in searches:
-        results = [hunt(case, search, s, cap) for s in range(seeds)]
+        results = [hunt(case, search, s, cap) for s in range(base, base + seeds)]
         counts = [cap + 1 if n is None else n for n, _, _ in results]
         row["searches"][search] = {
             "counts": counts,
@@ -206,6 +206,9 @@ def merged(files: list[str]) -> tuple[list[dict], list[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=50)
+    ap.add_argument("--seed-base", type=int, default=0,
+                    help="the first seed (seeds base..base+N-1): a setting tuned on seeds 0..N-1 is "
+                         "checked on seeds it was not tuned on")
     ap.add_argument("--cap", type=int, default=1000, help="most schedules per hunt")
     ap.add_argument("--searches", default=f"{DEFAULT_SEARCH},random,pct:3",
                     help="comma-separated --kvm-search values; the first is judged against 'random'")
@@ -229,7 +232,7 @@ def main() -> None:
     if args.shard:
         k, n = (int(x) for x in args.shard.split("/"))
         cases = cases[k::n]
-    jobs = [(c, searches, args.seeds, args.cap, not args.no_distinct) for c in cases]
+    jobs = [(c, searches, args.seeds, args.cap, not args.no_distinct, args.seed_base) for c in cases]
     start_cpu, start = time.process_time(), time.perf_counter()
     rows = []
     # Each case's row is printed as it completes (a full run takes long on a loaded machine).
