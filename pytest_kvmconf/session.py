@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from .backend import Backend
+from .engine import leftover
 from .registry import resolve
 from .replay import Replay
 
@@ -36,7 +37,9 @@ class RunState:
 
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = resolve(self.backend_name, self.known_backends)
+            # A thread its factory starts and leaves running is the backend's too.
+            with leftover.recording("its set-up", repr(self.backend_name)):
+                self._backend = resolve(self.backend_name, self.known_backends)
         return self._backend
 
 
