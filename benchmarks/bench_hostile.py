@@ -21,7 +21,10 @@ same fixed schedules in the same run, over every guarantee the backends can chec
 The variants run in interleaved rounds in alternating order (--rounds, default 10); each row
 shows the median CPU per schedule over the rounds, the range of the rounds, and the median of
 the per-round ratios to the first row: on a loaded 2-core machine single rounds of the same
-variant differ by 10 % and more, so one round's ratio says little.
+variant differ by 10 % and more, so one round's ratio says little. Every timed round starts
+with gc.collect(): without it the full collections, which come at a fixed rhythm of allocations,
+fell on the same variant's rounds again and again, and two variants running identical code
+differed by 7 % (the 8-11 % once reported as the cost of the hang watch was mostly that).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import importlib.util
 import os
 import statistics
@@ -138,6 +142,7 @@ def bench_runs(label: str, backend, gs: list, n: int, variants: dict, rounds: in
         order = list(variants.items())
         for name, (setup, undo, per_guarantee) in (order if round_ % 2 == 0 else order[::-1]):
             setup()
+            gc.collect()  # see the module's docstring
             try:
                 results[name].append(timed(functools.partial(run_all, per_guarantee)))
             finally:

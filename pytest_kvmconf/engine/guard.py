@@ -256,7 +256,7 @@ class _Watchdog:
         if not self.held:
             with self.handler():
                 return self.run_here(run, progress, timeout, what)
-        if self.thread is None or not self.thread.is_alive():
+        if self.thread is None:  # it lives as long as the process (a forked child starts its own)
             self.thread = threading.Thread(target=self._loop, name="kvmconf-watchdog", daemon=True)
             self.thread.start()
         self.report = None
@@ -321,6 +321,7 @@ def _stalled(progress: Progress, timeout: float) -> str:
 
 
 _WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.__init__)  # the parent's watchdog thread is not in the child
 
 
 @contextmanager
