@@ -230,7 +230,8 @@ class _Watchdog:
     def __init__(self) -> None:
         self.current: tuple[Progress, float, str] | None = None
         self.runs = 0
-        self.report: str | None = None
+        #: (the run it is about, its text): a signal that arrives after that run ended is ignored
+        self.report: tuple[int, str] | None = None
         self.parked = False
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
@@ -273,8 +274,8 @@ class _Watchdog:
 
     def _interrupt(self, signum: int, frame: Any) -> None:
         report, self.report = self.report, None
-        if report is not None and self.current is not None:
-            raise BackendHang(report)
+        if report is not None and self.current is not None and report[0] == self.runs:
+            raise BackendHang(report[1])
 
     def _loop(self) -> None:
         main = threading.main_thread()
@@ -302,14 +303,14 @@ class _Watchdog:
                 last = key
                 time.sleep(timeout)
                 continue
-            self._fire(main, progress, timeout, what)
+            self._fire(main, key[0], progress, timeout, what)
             last = None
             time.sleep(timeout)
 
-    def _fire(self, main: threading.Thread, progress: Progress, timeout: float, what: Any) -> None:
+    def _fire(self, main: threading.Thread, run: int, progress: Progress, timeout: float, what: Any) -> None:
         frame = sys._current_frames().get(main.ident or -1)
         lines = stack_lines(frame)
-        self.report = f"{what}: {_stalled(progress, timeout)}; interrupted\n    stack:\n{lines}"
+        self.report = (run, f"{what}: {_stalled(progress, timeout)}; interrupted\n    stack:\n{lines}")
         signal.pthread_kill(main.ident or 0, HANG_SIGNAL)
 
 
