@@ -125,7 +125,11 @@ def test_linux_like_backend_fails_exactly_the_shipped_linux_entries(
     assert rest.ret == 0 and set(rest.parseoutcomes()) <= {"passed", "skipped", "deselected"}, \
         rest.stdout.str()[-3000:]
     # ... and each listed one is violated, with hypothesis' default budget, as a known violation.
-    known = pytester.runpytest_subprocess(*common, "--kvm-profile=default", "-k", " or ".join(listed))
+    # With a fixed seed: ATTR-10's pre-6.4 difference needs a vCPU that has not run to set the
+    # PPI after another ran, which 2-3 % of seeds miss within 100 schedules (benchmarks'
+    # share within the budget); a test must not fail on them.
+    known = pytester.runpytest_subprocess(*common, "--kvm-profile=default", "--hypothesis-seed=0",
+                                          "-k", " or ".join(listed))
     xfailed = sorted(line.split()[1].rsplit("::", 1)[-1] for line in known.outlines if line.startswith("XFAIL "))
     assert known.ret == 0 and xfailed == listed, known.stdout.str()[-3000:]
 

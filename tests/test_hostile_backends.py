@@ -27,6 +27,9 @@ from tests import toy
 
 SPEC = toy.SPEC  # TOY-01: a made request is pending (the first guarantee of the toy spec)
 QUICK = settings(max_examples=10, database=None)
+#: Seconds a hostile backend's run may take before the test calls it unbounded: the point
+#: timeouts are 0.25-0.5 s, but a loaded 2-core CI machine stretched one run to 11.8 s.
+BOUND = 60
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,7 @@ def test_a_generator_backend_that_blocks_forever_is_interrupted_as_a_hang() -> N
     gate, seen = threading.Event(), []
     start = time.monotonic()
     out = run_schedule(_g(), blocking_backend(gate, seen), schedule(), RunOptions("6.18", point_timeout=0.5))
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < BOUND
     assert out.violation is not None and out.violation.kind == "hang", out.violation
     msg = out.violation.message
     assert "no progress for 0.5 s" in msg and "gate.wait()" in msg and "interrupted" in msg, msg
@@ -137,7 +140,7 @@ def test_threads_a_backend_leaves_running_are_recorded_with_their_position() -> 
                                    "test_hostile_backends.py:") and lines[0].endswith(" in parked)"), lines
     finally:
         stop.set()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + BOUND
     while any("TOY-01" in line for line in leftover.report()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any("TOY-01" in line for line in leftover.report())  # ended threads are forgotten
@@ -157,7 +160,7 @@ def test_off_the_main_thread_a_blocking_generator_run_is_abandoned_on_a_worker()
     finally:
         gate.set()
     # Released, the abandoned worker ends instead of going back to the pool.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + BOUND
     while any(x.ident == seen[0] for x in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(x.ident == seen[0] for x in threading.enumerate())
@@ -181,7 +184,7 @@ def test_a_backend_method_that_blocks_outside_an_operation_is_interrupted(method
     start = time.monotonic()
     with pytest.raises(BackendHang) as info:
         run_schedule(_g(), b, schedule(), RunOptions("6.18", point_timeout=0.25))
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < BOUND
     msg = str(info.value)
     assert msg.startswith(f"backend 'bad': {method}(): no return for 1 s or more (it blocks or loops); "
                           "interrupted"), msg
@@ -209,7 +212,7 @@ def test_a_thread_backend_whose_observe_blocks_on_its_hung_thread_does_not_hang_
         out = run_schedule(_g(), b, schedule(), RunOptions("6.18", point_timeout=0.25))
     finally:
         gate.set()
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < BOUND
     assert out.violation is not None and out.violation.kind == "hang", out.violation
     assert "gate.wait()" in out.violation.message, out.violation.message
     assert out.final_state == {"observe() failed": "see above"}

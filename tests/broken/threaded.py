@@ -135,3 +135,9 @@ def _ported(name: str) -> type:
 
 PORTED = [_ported(name) for name in ("MakeAllSkipsLast", "KickDoesNotWake", "WaitConditionIgnored",
                                      "UnblockIgnored", "PlainRequestIpisShadowWalk")]
+#: variants free runs catch too rarely for a test (caught runs of 100, measured on a 2-core
+#: machine): the controlled test catches them, free mode only on a lucky preemption.
+FREE_RARE = {
+    # the IPI decision must read vcpu->mode in the instant it is EXITING_GUEST_MODE: 1 of 100
+    "WaitConditionIgnoredPorted": "1 of 100 free runs",
+}
