@@ -38,7 +38,6 @@ from ...facets.requests import (
     KVM_REQ_VM_DEAD,
     KVM_REQUEST_MASK,
     KVM_REQUEST_NO_ACTION,
-    KVM_REQUEST_NO_WAKEUP,
     KVM_REQUEST_WAIT,
     MODE_NAMES,
     OUTSIDE_GUEST_MODE,
@@ -46,10 +45,10 @@ from ...facets.requests import (
     has_unblock,
     has_vm_dead,
     is_old_text,
-    request_name,
     vcpu_view,
 )
 from ...scheduling import Point, Wait
+from ..requests_common import RequestMemorySteps
 
 Steps = Generator[Point | Wait, None, Any]
 
@@ -97,7 +96,7 @@ class VCpu:
         return vcpu_view(self, self.requests, self.mode)
 
 
-class RequestsModel:
+class RequestsModel(RequestMemorySteps):
     """Facet mixin: requests, kick, run_loop, block."""
 
     def init_requests(self, config: MachineConfig) -> None:
@@ -119,9 +118,6 @@ class RequestsModel:
             "tlb_flushes_done": self.tlb_flushes_done,
         }
 
-    def _name(self, req: int) -> str:
-        return request_name(req, self.config.doc_version)
-
     # -- the request API ----------------------------------------------------
     def kvm_make_request(self, ctx: ThreadContext, req: int, vcpu: int, state: Any = None) -> Steps:
         if req & KVM_REQUEST_NO_ACTION:
@@ -137,15 +133,6 @@ class RequestsModel:
         self.memory.smp_wmb()
         self.memory.set_bit(v, "requests", req & KVM_REQUEST_MASK)
         yield Point(f"smp_wmb(); set_bit({self._name(req)}) on vcpu{v.id}")
-
-    def check_request_bit(self, v: VCpu, nr: int) -> bool:
-        """kvm_check_request(): test_bit(), then clear_bit() and the barrier that pairs with
-        kvm_make_request()'s smp_wmb(), so the caller sees the request's state."""
-        if not self.memory.read_once(v, "requests") >> nr & 1:
-            return False
-        self.memory.clear_bit(v, "requests", nr)
-        self.memory.smp_mb__after_atomic()
-        return True
 
     def kvm_check_request(self, ctx: ThreadContext, req: int, vcpu: int) -> Steps:
         pending = self.check_request_bit(self.vcpus[vcpu], req & KVM_REQUEST_MASK)
@@ -196,13 +183,6 @@ class RequestsModel:
             self.vmx_sync_pir_to_irr(v)
             v.pi_notification = False
 
-    def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
-        """smp_mb__before_atomic(); cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE). The barrier
-        orders the request bit before the read of the mode: it pairs with the smp_mb() after
-        setting IN_GUEST_MODE."""
-        self.memory.smp_mb__before_atomic()
-        return self.memory.cmpxchg(v, "mode", IN_GUEST_MODE, EXITING_GUEST_MODE)
-
     def kvm_vcpu_wake_up(self, v: VCpu) -> bool:
         """rcuwait_wake_up() on the vCPU's rcuwait. True only if it woke the task:
         wake_up_process() of a task already running (before its set_current_state(), or woken
@@ -245,15 +225,6 @@ class RequestsModel:
         if req & KVM_REQUEST_WAIT:
             return old, old != OUTSIDE_GUEST_MODE
         return old, old == IN_GUEST_MODE
-
-    def request_no_action(self, req: int) -> bool:
-        return bool(req & KVM_REQUEST_NO_ACTION)
-
-    def request_no_wakeup(self, req: int) -> bool:
-        return bool(req & KVM_REQUEST_NO_WAKEUP)
-
-    def kvm_for_each_vcpu(self) -> list[VCpu]:
-        return self.vcpus
 
     def kvm_make_all_cpus_request(self, ctx: ThreadContext, req: int) -> Steps:
         targets: list[VCpu] = []
@@ -318,15 +289,6 @@ class RequestsModel:
             yield Point(f"vcpu{v.id} PIR.ON was already set: no notification")
             return
         yield from self.kvm_vcpu_trigger_posted_interrupt(v)
-
-    def pi_test_and_set_pir_and_on(self, v: VCpu, vector: int) -> bool:
-        """Value-returning atomics: fully ordered, so PIR.ON is set before vcpu->mode is read (the
-        barrier pairs with the smp_mb() after setting IN_GUEST_MODE). True if the PIR bit, or else
-        PIR.ON, was set already (pi_test_and_set_pir() / pi_test_and_set_on())."""
-        old_pir = self.memory.rmw(v, "pir", lambda pir: pir | {vector}, f"pi_test_and_set_pir({vector})")
-        if vector in old_pir:
-            return True
-        return bool(self.memory.rmw(v, "pir_on", lambda on: True, "pi_test_and_set_on()"))
 
     def kvm_vcpu_trigger_posted_interrupt(self, v: VCpu) -> Steps:
         """The notification IPI if IN_GUEST_MODE, else a wake-up in case the vCPU blocks (it
@@ -414,23 +376,6 @@ class RequestsModel:
         yield Point(f"{mb}kvm_request_pending() = false")
         yield from self.guest_enter(v)
         return True
-
-    def smp_mb__after_srcu_read_unlock(self, v: VCpu) -> str:
-        """The smp_mb() between setting IN_GUEST_MODE and the last checks (the Dekker pattern's
-        barrier). Returns its label."""
-        self.memory.smp_mb()
-        return "smp_mb(); "
-
-    def kvm_vcpu_exit_request(self, v: VCpu) -> str | None:
-        pending = self.memory.read_once(v, "requests") != 0
-        if self.memory.read_once(v, "mode") == EXITING_GUEST_MODE:
-            return f"vcpu->mode = EXITING_GUEST_MODE, kvm_request_pending() = {str(pending).lower()}"
-        return "kvm_request_pending() = true" if pending else None
-
-    def _outside_guest_mode(self, v: VCpu) -> None:
-        """vcpu->mode = OUTSIDE_GUEST_MODE; smp_wmb(); as vcpu_enter_guest() leaves guest mode."""
-        self.memory.write_once(v, "mode", OUTSIDE_GUEST_MODE)
-        self.memory.smp_wmb()
 
     def guest_enter(self, v: VCpu) -> Steps:
         v.in_guest = True

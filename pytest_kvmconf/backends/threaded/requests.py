@@ -45,7 +45,6 @@ from ...facets.requests import (
     KVM_REQ_VM_DEAD,
     KVM_REQUEST_MASK,
     KVM_REQUEST_NO_ACTION,
-    KVM_REQUEST_NO_WAKEUP,
     KVM_REQUEST_WAIT,
     MODE_NAMES,
     OUTSIDE_GUEST_MODE,
@@ -53,10 +52,10 @@ from ...facets.requests import (
     has_unblock,
     has_vm_dead,
     is_old_text,
-    request_name,
     vcpu_view,
 )
 from ...scheduling import point
+from ..requests_common import RequestMemorySteps
 from .atomics import AtomicInt
 
 
@@ -119,7 +118,7 @@ class VCpu:
         return vcpu_view(self, self.requests, self.mode)
 
 
-class RequestsThreads:
+class RequestsThreads(RequestMemorySteps):
     """Facet mixin: requests, kick, run_loop, block (and entry_sequence)."""
 
     config: MachineConfig
@@ -145,9 +144,6 @@ class RequestsThreads:
             "tlb_flushes_done": self.tlb_flushes_done.read(),
         }
 
-    def _name(self, req: int) -> str:
-        return request_name(req, self.config.doc_version)
-
     # -- the request API ----------------------------------------------------
     def kvm_make_request(self, ctx: ThreadContext, req: int, vcpu: int, state: Any = None) -> None:
         if req & KVM_REQUEST_NO_ACTION:
@@ -163,15 +159,6 @@ class RequestsThreads:
         self.memory.smp_wmb()
         self.memory.set_bit(v, "requests", req & KVM_REQUEST_MASK)
         point(f"smp_wmb(); set_bit({self._name(req)}) on vcpu{v.id}")
-
-    def check_request_bit(self, v: VCpu, nr: int) -> bool:
-        """kvm_check_request(): test_bit(), then clear_bit() and the barrier that pairs with
-        kvm_make_request()'s smp_wmb(), so the caller sees the request's state."""
-        if not self.memory.read_once(v, "requests") >> nr & 1:
-            return False
-        self.memory.clear_bit(v, "requests", nr)
-        self.memory.smp_mb__after_atomic()
-        return True
 
     def kvm_check_request(self, ctx: ThreadContext, req: int, vcpu: int) -> bool:
         pending = self.check_request_bit(self.vcpus[vcpu], req & KVM_REQUEST_MASK)
@@ -254,13 +241,6 @@ class RequestsThreads:
             v.wq.notify_all()
             return True
 
-    def kvm_vcpu_exiting_guest_mode(self, v: VCpu) -> int:
-        """smp_mb__before_atomic(); cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE). The barrier
-        orders the request bit before the read of the mode: it pairs with the smp_mb() after
-        setting IN_GUEST_MODE."""
-        self.memory.smp_mb__before_atomic()
-        return self.memory.cmpxchg(v, "mode", IN_GUEST_MODE, EXITING_GUEST_MODE)
-
     def kvm_vcpu_kick(self, ctx: ThreadContext, vcpu: int) -> None:
         v = self.vcpus[vcpu]
         if self.kvm_vcpu_wake_up(v):
@@ -290,15 +270,6 @@ class RequestsThreads:
         if req & KVM_REQUEST_WAIT:
             return seen, seen != OUTSIDE_GUEST_MODE
         return seen, seen == IN_GUEST_MODE
-
-    def request_no_action(self, req: int) -> bool:
-        return bool(req & KVM_REQUEST_NO_ACTION)
-
-    def request_no_wakeup(self, req: int) -> bool:
-        return bool(req & KVM_REQUEST_NO_WAKEUP)
-
-    def kvm_for_each_vcpu(self) -> list[VCpu]:
-        return self.vcpus
 
     def kvm_make_all_cpus_request(self, ctx: ThreadContext, req: int) -> bool:
         targets = [v for v in self.kvm_for_each_vcpu() if self.kvm_make_vcpu_request(ctx, v, req)]
@@ -357,15 +328,6 @@ class RequestsThreads:
             point(f"vcpu{v.id} PIR.ON was already set: no notification")
             return
         self.kvm_vcpu_trigger_posted_interrupt(v)
-
-    def pi_test_and_set_pir_and_on(self, v: VCpu, vector: int) -> bool:
-        """Value-returning atomics: fully ordered, so PIR.ON is set before vcpu->mode is read (the
-        barrier pairs with the smp_mb() after setting IN_GUEST_MODE). True if the PIR bit, or else
-        PIR.ON, was set already (pi_test_and_set_pir() / pi_test_and_set_on())."""
-        old_pir = self.memory.rmw(v, "pir", lambda pir: pir | {vector}, f"pi_test_and_set_pir({vector})")
-        if vector in old_pir:
-            return True
-        return bool(self.memory.rmw(v, "pir_on", lambda on: True, "pi_test_and_set_on()"))
 
     def kvm_vcpu_trigger_posted_interrupt(self, v: VCpu) -> None:
         mode = self.memory.read_once(v, "mode")
@@ -457,23 +419,6 @@ class RequestsThreads:
         point(f"{mb}kvm_request_pending() = false")
         self.guest_enter(v)
         return True
-
-    def smp_mb__after_srcu_read_unlock(self, v: VCpu) -> str:
-        """The smp_mb() between setting IN_GUEST_MODE and the last checks (the Dekker pattern's
-        barrier). Returns its label."""
-        self.memory.smp_mb()
-        return "smp_mb(); "
-
-    def kvm_vcpu_exit_request(self, v: VCpu) -> str | None:
-        pending = self.memory.read_once(v, "requests") != 0
-        if self.memory.read_once(v, "mode") == EXITING_GUEST_MODE:
-            return f"vcpu->mode = EXITING_GUEST_MODE, kvm_request_pending() = {str(pending).lower()}"
-        return "kvm_request_pending() = true" if pending else None
-
-    def _outside_guest_mode(self, v: VCpu) -> None:
-        """vcpu->mode = OUTSIDE_GUEST_MODE; smp_wmb(); as vcpu_enter_guest() leaves guest mode."""
-        self.memory.write_once(v, "mode", OUTSIDE_GUEST_MODE)
-        self.memory.smp_wmb()
 
     def guest_enter(self, v: VCpu) -> None:
         """VM entry enables interrupts atomically; the guest runs until an IPI forces an exit."""
