@@ -79,9 +79,10 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
 
     ``progress`` is called after every example (the terminal shows long runs with it)."""
     chosen = parse_search(search) if isinstance(search, str) else replace(search)
-    if chosen.own:
-        return _own_search(g, backend, options, settings(base or settings()), seed, chosen, progress)
-    return _hypothesis_search(g, backend, options, base, seed, progress)
+    with guard.holding():
+        if chosen.own:
+            return _own_search(g, backend, options, settings(base or settings()), seed, chosen, progress)
+        return _hypothesis_search(g, backend, options, base, seed, progress)
 
 
 def _finish(g: Guarantee, stats: Stats, last: Outcome | None) -> None:

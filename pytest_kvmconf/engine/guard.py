@@ -325,6 +325,13 @@ _WATCHDOG = _Watchdog()
 os.register_at_fork(after_in_child=_WATCHDOG.__init__)  # the parent's watchdog thread is not in the child
 
 
+def holding() -> Any:
+    """The hang signal's handler held for a whole search (a context manager; nests, and does
+    nothing off the main thread): without it every watched call installs and restores the
+    handler, 3.5 us each, several times per schedule."""
+    return _WATCHDOG.handler()
+
+
 @contextmanager
 def watching(gid: str, backend: Any) -> Iterator[list[leftover.Left]]:
     """Around all the runs of one guarantee: the hang signal's handler is held once for them, and
