@@ -171,11 +171,11 @@ def _own_search(g: Guarantee, backend: Backend, options: RunOptions, s: settings
                 db.delete(key, blob)  # fixed since: forget it, as hypothesis does
         if Phase.generate in s.phases:
             figures.phase("generate")
-            drawer = search.drawer(g, options.doc_version, rng)
+            draw = search.drawer(g, options.doc_version, rng)
             for index in range(s.max_examples):
                 if stats.too_undecided(UNDECIDED_STOP):
                     break
-                schedule = drawer.schedule()
+                schedule = draw(index)
                 for _ in range(runs):
                     picker = search.picker(rng, index)
                     rec = Recording(picker)

@@ -14,6 +14,8 @@ engine makes into it outside an operation is checked, and a generator backend's 
 * :func:`watching`: around all the runs of one guarantee (its search or replay), the hang
   signal's handler is installed once, not per run, and the threads the backend leaves running
   are recorded (:mod:`.leftover` names them and keeps them from holding up the exit).
+  :func:`holding` is its first half alone, which ``explore()`` takes around every search, so
+  library callers get the same cheap path.
 * :class:`Census`: threads and fds around a guarantee's search; a backend that leaves some
   behind per machine is reported as a fault of the backend.
 """

@@ -13,12 +13,14 @@ entity the runner lets the scheduler pick, such as a store buffer's drain).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from random import Random
 from typing import Any, Protocol
 
 from ..spec.model import Guarantee
 from ..strategies import Drawer
+from .schedule import Schedule
 
 
 class Picker(Protocol):
@@ -99,23 +101,6 @@ MIXED_EARLY_SHARE = 0.5
 MIXED_LONG = 0.8
 
 
-class PhasedDrawer:
-    """``first``'s schedules for the first ``switch`` schedules, ``then``'s after them.
-
-    The mixed search's first schedules are exactly the random search's (same drawer, same
-    picker, same random stream): where random finds a bug early, mixed finds it at the same
-    schedule, and its own phase only has to do better on what random finds late."""
-
-    __slots__ = ("first", "switch", "then", "count")
-
-    def __init__(self, first: Drawer, switch: int, then: Drawer):
-        self.first, self.switch, self.then, self.count = first, switch, then, 0
-
-    def schedule(self) -> Any:
-        self.count += 1
-        return (self.first if self.count <= self.switch else self.then).schedule()
-
-
 @dataclass
 class Search:
     """One ``--kvm-search`` value."""
@@ -126,11 +111,18 @@ class Search:
     #: PCT's estimate of the decisions per schedule: the most any PCT schedule met so far.
     steps: int = 10
 
-    def drawer(self, g: Guarantee, doc_version: str, rng: Random) -> Drawer | PhasedDrawer:
-        if self.name == "mixed":
-            return PhasedDrawer(Drawer(g, doc_version, rng), MIXED_RANDOM_FIRST,
-                                Drawer(g, doc_version, rng, decks=True, long=MIXED_LONG))
-        return Drawer(g, doc_version, rng)
+    def drawer(self, g: Guarantee, doc_version: str, rng: Random) -> Callable[[int], Schedule]:
+        """Draws the ``index``-th schedule of a hunt (its tape empty: the picker makes the picks).
+
+        The mixed search's first schedules come from the same drawer, picker and random stream
+        as the random search's, so they are exactly random's: where random finds a bug early,
+        mixed finds it at the same schedule, and its own phase only has to do better on what
+        random finds late."""
+        plain = Drawer(g, doc_version, rng)
+        if self.name != "mixed":
+            return lambda index: plain.schedule()
+        decks = Drawer(g, doc_version, rng, decks=True, long=MIXED_LONG)
+        return lambda index: (plain if index < MIXED_RANDOM_FIRST else decks).schedule()
 
     def picker(self, rng: Random, index: int = 0) -> Picker:
         """The picker for the ``index``-th schedule of a hunt."""
@@ -184,7 +176,7 @@ def parse_search(text: str) -> Search:
             depth = 0
         if not 1 <= depth <= 10:
             raise ValueError(f"search {text!r}: pct's depth is a whole number from 1 to 10, e.g. pct:3")
-        return Search(name, depth)
+        return Search("pct", depth)
     if arg:
         raise ValueError(f"search {text!r}: only pct takes a parameter (pct:D); known searches: {known}")
     return Search(name)
