@@ -5,16 +5,25 @@ interleaving."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import Phase, settings
 from hypothesis.database import InMemoryExampleDatabase
 
+import pytest_kvmconf.engine.explore as explore_module
 from pytest_kvmconf.backends.reference import ReferenceBackend
 from pytest_kvmconf.engine.explore import ViolationFound, explore
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule
 from pytest_kvmconf.engine.schedule import Chooser, Recording, Schedule
-from pytest_kvmconf.engine.search import DEFAULT_SEARCH, SEARCHES, PctPicker, RandomPicker, parse_search
+from pytest_kvmconf.engine.search import (
+    DEFAULT_SEARCH,
+    MIXED_RANDOM_FIRST,
+    SEARCHES,
+    PctPicker,
+    RandomPicker,
+    parse_search,
+)
 from pytest_kvmconf.engine.shrink import Shrinker, same_failure
 
 from .bite import guarantees, verdict
@@ -187,41 +196,29 @@ def test_kvm_search_option_and_ini(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
-def _hunt_log(search: str, gid: str, b, examples: int, seed: int) -> list[Schedule]:
-    """The schedules (tapes included) a hunt ran, in order."""
-    import pytest_kvmconf.engine.explore as explore_module
-
+def _hunt_log(monkeypatch: pytest.MonkeyPatch, search: str, gid: str, examples: int, seed: int) -> list[Schedule]:
+    """The schedules a hunt ran, in order, each with the tape of the picks it made."""
     ran: list[Schedule] = []
-    real = explore_module.run_schedule
 
-    def recording(g, backend_, schedule, options, chooser=None):
-        out = real(g, backend_, schedule, options, chooser)
-        ran.append((schedule, chooser))
+    def recording(g, b, schedule, options, chooser=None):
+        out = run_schedule(g, b, schedule, options, chooser)
+        ran.append(replace(schedule, tape=chooser.writer.tape()))
         return out
 
-    explore_module.run_schedule = recording
-    try:
-        base = settings(max_examples=examples, database=None, deadline=None, phases=[Phase.generate])
-        explore(guarantees()[gid], b, RunOptions("6.18"), base, seed=seed, search=search)
-    finally:
-        explore_module.run_schedule = real
-    return [replace_tape(s, c) for s, c in ran]
-
-
-def replace_tape(schedule: Schedule, chooser) -> Schedule:
-    from dataclasses import replace
-    return replace(schedule, tape=chooser.writer.tape())
+    monkeypatch.setattr(explore_module, "run_schedule", recording)
+    base = settings(max_examples=examples, database=None, deadline=None, phases=[Phase.generate])
+    explore(guarantees()[gid], ReferenceBackend(), RunOptions("6.18"), base, seed=seed, search=search)
+    monkeypatch.undo()
+    return ran
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_mixed_begins_with_exactly_the_random_searchs_schedules(seed: int) -> None:
+def test_mixed_begins_with_exactly_the_random_searchs_schedules(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     """The coupling bench_search relies on: a bug random finds within its first schedules,
     mixed finds at the same schedule."""
-    from pytest_kvmconf.engine.search import MIXED_RANDOM_FIRST
-
     n = MIXED_RANDOM_FIRST + 8
-    mixed = _hunt_log("mixed", "REQ-15", ReferenceBackend(), n, seed)
-    rand = _hunt_log("random", "REQ-15", ReferenceBackend(), n, seed)
+    mixed = _hunt_log(monkeypatch, "mixed", "REQ-15", n, seed)
+    rand = _hunt_log(monkeypatch, "random", "REQ-15", n, seed)
     assert len(mixed) == len(rand) == n
     assert mixed[:MIXED_RANDOM_FIRST] == rand[:MIXED_RANDOM_FIRST]
     # and then it does something else (PCT, decks): otherwise it would be random under another name
