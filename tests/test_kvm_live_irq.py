@@ -229,14 +229,11 @@ def test_no_fd_mapping_thread_handler_or_trace_instance_outlives_a_run() -> None
 
     from pytest_kvmconf.backends.kvm import vm
 
-    def mounts() -> list[str]:
-        return sorted(x for x in Path("/proc/self/mounts").read_text().splitlines() if " tracefs " in x)
-
     handler = signal.getsignal(vm.KICK_SIGNAL)
     verdict("REQ-25.live", KvmBackend(), max_examples=2)  # warm the engine's worker pool
     tracefs.shutdown()
     fds, maps = len(os.listdir("/proc/self/fd")), Path("/proc/self/maps").read_text().count("kvm-vcpu")
-    before_mounts, instances = mounts(), tracefs.instance_names()
+    before_mounts, instances = tracefs.own_mounts(), tracefs.instance_names()
     gids = ["REQ-07.live", "REQ-25.live", "MP-01.d"] + ([] if TRACE_REASON else ["REQ-08.trace"])
     for gid in gids:
         assert decided(verdict(gid, KvmBackend(), max_examples=3)) is None
@@ -247,4 +244,4 @@ def test_no_fd_mapping_thread_handler_or_trace_instance_outlives_a_run() -> None
     assert Path("/proc/self/maps").read_text().count("kvm-vcpu") == maps == 0
     assert signal.getsignal(vm.KICK_SIGNAL) == handler
     assert not [t.name for t in threading.enumerate() if t.name.startswith("kvmconf-kvm-vcpu")]
-    assert mounts() == before_mounts and tracefs.instance_names() == instances
+    assert tracefs.own_mounts() == before_mounts and tracefs.instance_names() == instances

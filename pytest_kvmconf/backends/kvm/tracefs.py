@@ -6,8 +6,11 @@ event switches), enables only the events it is asked for there, filters them to
 this process's threads (``set_event_pid`` with every thread of the process, plus
 the ``event-fork`` option so threads started later are added by the kernel), and
 reads them from the instance's ``trace_pipe`` without blocking. If tracefs is not
-mounted anywhere the session mounts it on a private temporary directory (so a
-concurrent run's unmount cannot pull it away) and unmounts it at the end.
+mounted anywhere the session mounts it on a private temporary directory named
+with its pid, and unmounts it (lazily) at the end. Other sessions never use that
+mount: a concurrent run's unmount cannot pull it away, and files they held in it
+cannot keep it mounted. A session about to mount unmounts those of processes that
+died before their exit handler ran (SIGKILL), so none is left for good.
 
 An instance costs about 50 ms to create (ring buffers on every CPU), so one
 session serves every machine of the process (:func:`session`); a machine takes a
@@ -70,13 +73,49 @@ def parse(line: str) -> TraceEvent | None:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _mounted() -> str | None:
-    """A mount point of tracefs, from /proc/self/mounts."""
+#: A session's private mount point: /tmp/kvmconf-tracefs-PID-XXXX, PID the process that made it.
+PRIVATE_PREFIX = "kvmconf-tracefs-"
+#: umount2's lazy flag: the mount leaves the tree now, and the kernel frees it when unused.
+MNT_DETACH = 2
+
+
+def _private_pid(point: str) -> int | None:
+    """The process whose private mount ``point`` is (0: a session's of unknown process), or None
+    for any other mount point."""
+    name = os.path.basename(point)
+    if not name.startswith(PRIVATE_PREFIX):
+        return None
+    pid = name[len(PRIVATE_PREFIX):].split("-")[0]
+    return int(pid) if pid.isdigit() else 0
+
+
+def _mount_points() -> list[str]:
     try:
         with open("/proc/self/mounts") as f:
-            points = [line.split()[1] for line in f if line.split()[2:3] == ["tracefs"]]
+            return [line.split()[1] for line in f if line.split()[2:3] == ["tracefs"]]
     except OSError:
-        return None
+        return []
+
+
+def own_mounts() -> list[str]:
+    """The tracefs mount points this process sees and may use: the shared ones and its own
+    private one (not another session's)."""
+    return sorted(p for p in _mount_points() if _private_pid(p) in (None, os.getpid()))
+
+
+def _unmount_dead() -> None:
+    """Private mounts of sessions whose process is gone (killed before its exit handler ran)."""
+    for p in _mount_points():
+        pid = _private_pid(p)
+        if pid and not os.path.exists(f"/proc/{pid}") and _libc.umount2(p.encode(), MNT_DETACH) == 0:
+            _rmdir(p)
+
+
+def _mounted() -> str | None:
+    """A mount point of tracefs, from /proc/self/mounts. Another session's private mount does not
+    count: it goes when that session ends, and while we held files in it, its unmount would fail
+    and leave it behind."""
+    points = [p for p in _mount_points() if _private_pid(p) is None]
     for p in MOUNT_POINTS:
         if p in points:
             return p
@@ -152,7 +191,8 @@ class TraceSession:
                 return
             root = _mounted()
             if root is None:
-                root = tempfile.mkdtemp(prefix="kvmconf-tracefs-")
+                _unmount_dead()
+                root = tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-")
                 if _libc.mount(b"nodev", root.encode(), b"tracefs", 0, None) != 0:
                     err = ctypes.get_errno()
                     os.rmdir(root)
@@ -203,7 +243,8 @@ class TraceSession:
                 self.instance = None
             self.enabled.clear()
             if self.mounted_here is not None:
-                if _libc.umount2(self.mounted_here.encode(), 0) == 0:
+                # Lazily: a file still open in it (a reader thread's) must not keep it mounted.
+                if _libc.umount2(self.mounted_here.encode(), MNT_DETACH) == 0:
                     os.rmdir(self.mounted_here)
                 self.mounted_here = None
             self.root = None
