@@ -105,21 +105,3 @@ def test_x86_hlt_with_irqchip_halts_in_the_kernel() -> None:
     else:
         raise AssertionError("KVM_RUN of a halting guest never waited in the kernel")
     assert m.mp_vcpus[0].state == KVM_MP_STATE_HALTED and m.mp_vcpus[0].in_run
-
-
-def test_quotes_are_the_documents_words() -> None:
-    """Each quote is the document's text: its parts (joined by ' ... ') appear verbatim,
-    up to whitespace and reST markup."""
-    from pathlib import Path
-
-    doc = Path(__file__).resolve().parents[2] / "shared" / "docs" / "kvm" / "api-mp-state-system-event.rst"
-    if not doc.exists():
-        pytest.skip(f"the document is not beside the repository ({doc})")
-
-    def norm(text: str) -> str:
-        return " ".join(text.replace("``", "").replace("^", "").split())
-
-    text = norm(doc.read_text())
-    for gid in MP_IDS:
-        for part in guarantees()[gid].quote.split(" ... "):
-            assert norm(part) in text, f"{gid}: not in the document: {part!r}"
