@@ -65,6 +65,19 @@ class RequestMemorySteps:
             return True
         return bool(self.memory.rmw(v, "pir_on", lambda on: True, "pi_test_and_set_on()"))
 
+    def vmx_sync_pir_to_irr(self, v: Any) -> None:
+        """pi_test_on(); pi_clear_on(); smp_mb__after_atomic(); then PIR is moved to IRR word by
+        word with xchg()."""
+        if not self.memory.read_once(v, "pir_on"):
+            return
+        self.memory.atomic(v, "pir_on", lambda on: False, "pi_clear_on()")
+        self.memory.smp_mb__after_atomic()
+        self._virr_add(v, self.memory.xchg(v, "pir", frozenset()))
+
+    def _virr_add(self, v: Any, vectors: frozenset) -> None:
+        """The vIRR is the CPU's, not memory the model orders: each backend updates it its way."""
+        v.irr |= vectors
+
     def smp_mb__after_srcu_read_unlock(self, v: Any) -> str:
         """The smp_mb() between setting IN_GUEST_MODE and the last checks (the Dekker pattern's
         barrier). Returns its label."""

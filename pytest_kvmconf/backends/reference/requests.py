@@ -315,15 +315,6 @@ class RequestsModel(RequestMemorySteps):
             v.irr |= v.pir
             v.pir = frozenset()
 
-    def vmx_sync_pir_to_irr(self, v: VCpu) -> None:
-        """pi_test_on(); pi_clear_on(); smp_mb__after_atomic(); then PIR is moved to IRR word by
-        word with xchg()."""
-        if not self.memory.read_once(v, "pir_on"):
-            return
-        self.memory.atomic(v, "pir_on", lambda on: False, "pi_clear_on()")
-        self.memory.smp_mb__after_atomic()
-        v.irr |= self.memory.xchg(v, "pir", frozenset())
-
     # -- the run loop --------------------------------------------------------
     def vcpu_run(self, ctx: ThreadContext, vcpu: int, entries: int = 1) -> Steps:
         v = self.vcpus[vcpu]
