@@ -5,7 +5,8 @@ Run from the repository root:
                                       [--variants SUBSTR,...] [--jobs 2] [--json out.json]
 
 For every broken variant of tests/broken and each guarantee that must catch it (reference and
-threaded, as tests/bite.broken_cases() lists them), each search hunts with seeds 0..N-1 (the
+threaded, as tests/bite.broken_cases() lists them; a missing barrier of tests/broken/barriers.py
+under each memory model that lets its reordering happen, named VARIANT@MODEL), each search hunts with seeds 0..N-1 (the
 generate phase only, no database, no shrinking; at most --cap schedules) and the table shows, per
 search side by side:
   med / p90   schedules to the first violation (">cap" when a seed did not find it),
@@ -49,6 +50,10 @@ DISTINCT_SEEDS = 3
 CPU_FLOOR = 0.005
 
 
+def options(case: BrokenCase) -> RunOptions:
+    return RunOptions(case.doc_version, memory_model=case.memory_model)
+
+
 def hunt(case: BrokenCase, search: str, seed: int, cap: int) -> tuple[int | None, float, float]:
     """(schedules to the first violation or None, CPU seconds, wall seconds).
 
@@ -60,7 +65,7 @@ def hunt(case: BrokenCase, search: str, seed: int, cap: int) -> tuple[int | None
     for budget in ((BUDGET, cap) if g.has_exists and cap > BUDGET else (cap,)):
         base = settings(max_examples=budget, database=None, deadline=None, phases=[Phase.generate])
         try:
-            explore(g, case.backend(), RunOptions(case.doc_version), base, seed=seed, search=search)
+            explore(g, case.backend(), options(case), base, seed=seed, search=search)
         except ViolationFound as exc:
             found = exc.stats.coverage.first_violation
             break
@@ -74,7 +79,8 @@ def hunt(case: BrokenCase, search: str, seed: int, cap: int) -> tuple[int | None
 def distinct(case: BrokenCase, search: str, seeds: int) -> float:
     """Distinct timelines per 100 schedules on the correct backend (averaged over seeds)."""
     g = guarantees()[case.gid]
-    correct = ThreadedBackend() if case.family.startswith("threaded") else ReferenceBackend()
+    threaded = case.family.startswith("threaded") or case.variant.split("@")[0].endswith("Threaded")
+    correct = ThreadedBackend() if threaded else ReferenceBackend()
     seen_per_seed = []
     real = explore_module.run_schedule
     timelines: list[tuple] = []
@@ -89,7 +95,7 @@ def distinct(case: BrokenCase, search: str, seeds: int) -> float:
         explore_module.run_schedule = recording
         try:
             base = settings(max_examples=100, database=None, deadline=None, phases=[Phase.generate])
-            explore(g, correct, RunOptions(case.doc_version), base, seed=seed, search=search)
+            explore(g, correct, options(case), base, seed=seed, search=search)
         except (ViolationFound, NothingReached):
             pass
         finally:

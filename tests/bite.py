@@ -83,12 +83,14 @@ class BrokenCase:
     gid: str
     doc_version: str
     backend: Callable[[], Backend]
+    #: the memory model the hunt runs under (a missing barrier shows only where it is weak).
+    memory_model: str = "sc"
 
 
 def broken_cases() -> list[BrokenCase]:
     """Every (broken variant, guarantee, document text) the bite tests check under the
     engine's control, reference and threaded, for benchmarks/bench_search.py."""
-    from .broken import attr, locking, mp, requests, spte, threaded, threaded_mp
+    from .broken import attr, barriers, locking, mp, requests, spte, threaded, threaded_mp
 
     def req_text(gid: str) -> str:
         return "4.13" if gid.startswith("REQ-26") else NEWEST
@@ -114,4 +116,9 @@ def broken_cases() -> list[BrokenCase]:
     for name, (_, by, _) in threaded_mp.VARIANTS.items():
         out += [BrokenCase("threaded_mp", name, gid, text, lambda n=name: threaded_mp.backend(n))
                 for gid, text in by]
+    # Each missing barrier under every model that lets its reordering happen.
+    for name, (_, gids, models, _) in barriers.VARIANTS.items():
+        out += [BrokenCase("barriers", f"{name}@{model}", gid, req_text(gid),
+                           lambda n=name: barriers.backend(n), model)
+                for gid in gids for model in models]
     return out

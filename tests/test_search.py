@@ -19,6 +19,7 @@ from pytest_kvmconf.engine.schedule import Chooser, Recording, Schedule
 from pytest_kvmconf.engine.search import (
     DEFAULT_SEARCH,
     MIXED_RANDOM_FIRST,
+    MIXED_RANDOM_FIRST_WEAK,
     SEARCHES,
     PctPicker,
     RandomPicker,
@@ -196,7 +197,8 @@ def test_kvm_search_option_and_ini(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
-def _hunt_log(monkeypatch: pytest.MonkeyPatch, search: str, gid: str, examples: int, seed: int) -> list[Schedule]:
+def _hunt_log(monkeypatch: pytest.MonkeyPatch, search: str, gid: str, examples: int, seed: int,
+              memory_model: str = "sc") -> list[Schedule]:
     """The schedules a hunt ran, in order, each with the tape of the picks it made."""
     ran: list[Schedule] = []
 
@@ -207,19 +209,23 @@ def _hunt_log(monkeypatch: pytest.MonkeyPatch, search: str, gid: str, examples: 
 
     monkeypatch.setattr(explore_module, "run_schedule", recording)
     base = settings(max_examples=examples, database=None, deadline=None, phases=[Phase.generate])
-    explore(guarantees()[gid], ReferenceBackend(), RunOptions("6.18"), base, seed=seed, search=search)
+    explore(guarantees()[gid], ReferenceBackend(), RunOptions("6.18", memory_model=memory_model), base,
+            seed=seed, search=search)
     monkeypatch.undo()
     return ran
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_mixed_begins_with_exactly_the_random_searchs_schedules(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "memory_model", "first"), [
+    (0, "sc", MIXED_RANDOM_FIRST), (1, "sc", MIXED_RANDOM_FIRST), (2, "sc", MIXED_RANDOM_FIRST),
+    (0, "lkmm", MIXED_RANDOM_FIRST_WEAK), (1, "tso", MIXED_RANDOM_FIRST_WEAK)])
+def test_mixed_begins_with_exactly_the_random_searchs_schedules(monkeypatch: pytest.MonkeyPatch, seed: int,
+                                                                memory_model: str, first: int) -> None:
     """The coupling bench_search relies on: a bug random finds within its first schedules,
-    mixed finds at the same schedule."""
-    n = MIXED_RANDOM_FIRST + 8
-    mixed = _hunt_log(monkeypatch, "mixed", "REQ-15", n, seed)
-    rand = _hunt_log(monkeypatch, "random", "REQ-15", n, seed)
+    mixed finds at the same schedule (fewer of them under a weak memory model)."""
+    n = first + 8
+    mixed = _hunt_log(monkeypatch, "mixed", "REQ-15", n, seed, memory_model)
+    rand = _hunt_log(monkeypatch, "random", "REQ-15", n, seed, memory_model)
     assert len(mixed) == len(rand) == n
-    assert mixed[:MIXED_RANDOM_FIRST] == rand[:MIXED_RANDOM_FIRST]
+    assert mixed[:first] == rand[:first]
     # and then it does something else (PCT, decks): otherwise it would be random under another name
-    assert mixed[MIXED_RANDOM_FIRST:] != rand[MIXED_RANDOM_FIRST:]
+    assert mixed[first] != rand[first]

@@ -78,7 +78,7 @@ def explore(g: Guarantee, backend: Backend, options: RunOptions,
     """Search schedules of ``g``; raise ViolationFound, NothingReached or CouldNotDecide.
 
     ``progress`` is called after every example (the terminal shows long runs with it)."""
-    chosen = parse_search(search) if isinstance(search, str) else replace(search)
+    chosen = (parse_search(search) if isinstance(search, str) else search).for_model(options.memory_model)
     with guard.holding():
         if chosen.own:
             return _own_search(g, backend, options, settings(base or settings()), seed, chosen, progress)
