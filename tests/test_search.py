@@ -18,6 +18,8 @@ from pytest_kvmconf.engine.runner import RunOptions, run_schedule
 from pytest_kvmconf.engine.schedule import Chooser, Recording, Schedule
 from pytest_kvmconf.engine.search import (
     DEFAULT_SEARCH,
+    MIXED_DEPTH,
+    MIXED_DEPTH_WEAK,
     MIXED_RANDOM_FIRST,
     MIXED_RANDOM_FIRST_WEAK,
     SEARCHES,
@@ -229,3 +231,23 @@ def test_mixed_begins_with_exactly_the_random_searchs_schedules(monkeypatch: pyt
     assert mixed[:first] == rand[:first]
     # and then it does something else (PCT, decks): otherwise it would be random under another name
     assert mixed[first] != rand[first]
+
+
+@pytest.mark.parametrize(("memory_model", "first", "depth", "leaning"), [
+    ("sc", MIXED_RANDOM_FIRST, MIXED_DEPTH, True),
+    ("tso", MIXED_RANDOM_FIRST_WEAK, MIXED_DEPTH_WEAK, False),
+    ("lkmm", MIXED_RANDOM_FIRST_WEAK, MIXED_DEPTH_WEAK, False)])
+def test_mixed_pct_phase_follows_the_memory_model(memory_model: str, first: int, depth: int,
+                                                   leaning: bool) -> None:
+    """Under a weak model the PCT phase starts sooner, is shallower and never leans early."""
+    search = parse_search("mixed").for_model(memory_model)
+    rng = random.Random(0)
+    assert isinstance(search.picker(rng, first - 1), RandomPicker)
+    pickers = [search.picker(rng, first + i) for i in range(200)]
+    assert all(isinstance(p, PctPicker) and p.depth == depth for p in pickers)
+    # A change point among the first 1 % of 1,000 decisions: 2-3 % of unleaned pickers have
+    # one, 27 % of leaning ones (u^2 < 0.01 for one of three points), so about 15 % under sc.
+    search.steps = 1000
+    pickers = [search.picker(rng, first + i) for i in range(400)]
+    early = sum(min(p.changes) <= 10 for p in pickers) / len(pickers)
+    assert (early > 0.08) == leaning
