@@ -110,8 +110,11 @@ def percentile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, math.ceil(q * len(s)) - 1)]
 
 
-def measure(job: tuple[BrokenCase, list[str], int, int, bool]) -> dict:
-    case, searches, seeds, cap, with_distinct, base = job
+def measure(job: tuple[int, list[str], int, int, bool, int]) -> dict:
+    # A case travels as its index into broken_cases(): its backend factory is a lambda, which
+    # does not pickle to a --jobs worker.
+    index, searches, seeds, cap, with_distinct, base = job
+    case = broken_cases()[index]
     row: dict = {"family": case.family, "variant": case.variant, "gid": case.gid, "searches": {}}
     for search in searches:
         results = [hunt(case, search, s, cap) for s in range(base, base + seeds)]
@@ -233,7 +236,7 @@ def main() -> None:
         return
     searches = list(dict.fromkeys(args.searches.split(",")))
     wanted = [w for w in args.variants.split(",") if w]
-    cases = [c for c in broken_cases()
+    cases = [i for i, c in enumerate(broken_cases())
              if not wanted or any(w in f"{c.family}/{c.variant}/{c.gid}" for w in wanted)]
     if args.shard:
         k, n = (int(x) for x in args.shard.split("/"))
