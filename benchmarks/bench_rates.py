@@ -66,9 +66,11 @@ def phase_hits(case: BrokenCase, search: Search, phase: str, n: int, seed: int) 
     backend, options = case.backend(), RunOptions(case.doc_version, memory_model=case.memory_model)
     hits = 0
     for i in range(first, first + n):
-        schedule, picker = draw(i), search.picker(rng, i)
-        hits += run_schedule(g, backend, schedule, options, Recording(picker)).violation is not None
-        search.observed(picker)
+        schedule = draw(i)
+        picker = search.picker(rng, i, (schedule.params, schedule.sequences))
+        rec = Recording(picker)
+        hits += run_schedule(g, backend, schedule, options, rec).violation is not None
+        search.observed(picker, (schedule.params, schedule.sequences), rec.writer.tape())
     return hits
 
 
@@ -82,9 +84,10 @@ def capable_share(case: BrokenCase, search: Search, n: int, replays: int, seed: 
     for i in range(search.random_first, search.random_first + n):
         schedule = draw(i)
         for _ in range(replays):
-            picker = search.picker(rng, i)
-            failed = run_schedule(g, backend, schedule, options, Recording(picker)).violation is not None
-            search.observed(picker)
+            picker = search.picker(rng, i, (schedule.params, schedule.sequences))
+            rec = Recording(picker)
+            failed = run_schedule(g, backend, schedule, options, rec).violation is not None
+            search.observed(picker, (schedule.params, schedule.sequences), rec.writer.tape())
             if failed:
                 capable += 1
                 break

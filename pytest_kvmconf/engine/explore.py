@@ -176,12 +176,15 @@ def _own_search(g: Guarantee, backend: Backend, options: RunOptions, s: settings
                 if stats.too_undecided(UNDECIDED_STOP):
                     break
                 schedule = draw(index)
+                # Where the same data and picks replay the same run, the search may steer
+                # away from interleavings it has run (engine/explored.py).
+                data = (schedule.params, schedule.sequences) if replays and not options.free else None
                 for _ in range(runs):
-                    picker = search.picker(rng, index)
+                    picker = search.picker(rng, index, data)
                     rec = Recording(picker)
                     outcome, seconds = timed(schedule, rec)
-                    search.observed(picker)
                     outcome.schedule = replace(schedule, tape=rec.writer.tape())
+                    search.observed(picker, data, outcome.schedule.tape)
                     ran(outcome.schedule, outcome.violation is not None, seconds)
                     if stats.count_undecided(outcome):
                         break

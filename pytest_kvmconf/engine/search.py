@@ -13,13 +13,14 @@ entity the runner lets the scheduler pick, such as a store buffer's drain).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field, replace
 from random import Random
 from typing import Any, Protocol
 
 from ..spec.model import Guarantee
 from ..strategies import Drawer
+from .explored import Recurring, TapePicker
 from .schedule import Schedule
 
 
@@ -63,6 +64,10 @@ class PctPicker:
         points = [1 + int(max(steps, 1) * rng.random() ** early) for _ in range(depth - 1)]
         self.changes = {p: depth - 1 - i for i, p in enumerate(points)}
         self.count = 0
+
+    def rank(self, x: Any) -> float:
+        """``x``'s priority now (higher runs first)."""
+        return self.priority.get(x, 0.0)
 
     def _top(self, runnable: list) -> Any:
         for x in runnable:
@@ -135,6 +140,8 @@ class Search:
     random_first: int = MIXED_RANDOM_FIRST
     mixed_depth: int = MIXED_DEPTH
     early_share: float = MIXED_EARLY_SHARE
+    #: mixed: schedule data its PCT phase met more than once (engine/explored.py)
+    recurring: Recurring = field(default_factory=Recurring, repr=False, compare=False)
 
     def for_model(self, memory_model: str) -> Search:
         """This search as it runs under ``memory_model`` (mixed hands over to PCT sooner under a
@@ -157,21 +164,32 @@ class Search:
         decks = Drawer(g, doc_version, rng, decks=True, long=MIXED_LONG)
         return lambda index: (plain if index < self.random_first else decks).schedule()
 
-    def picker(self, rng: Random, index: int = 0) -> Picker:
-        """The picker for the ``index``-th schedule of a hunt."""
+    def picker(self, rng: Random, index: int = 0, data: Hashable | None = None) -> Picker:
+        """The picker for the ``index``-th schedule of a hunt.
+
+        ``data``: the schedule's parameters and generated steps, where a run of the same data
+        and picks is sure to repeat its outcome (a backend that replays, scheduled by the
+        engine): where mixed's PCT phase meets data again, it enumerates their interleavings
+        with one preemption on a share of its schedules (engine/explored.py)."""
         if self.name == "pct":
             return PctPicker(rng, self.depth, self.steps)
         if self.name == "mixed" and index >= self.random_first:
+            tape = None if data is None else self.recurring.tape_for(data, rng)
+            if tape is not None:
+                return tape
             return PctPicker(rng, self.mixed_depth, self.steps,
                              MIXED_EARLY if rng.random() < self.early_share else 1.0)
         return RandomPicker(rng)
 
-    def observed(self, picker: Picker) -> None:
-        """Learn from a finished schedule: PCT widens its estimate of the decisions per schedule.
+    def observed(self, picker: Picker, data: Hashable | None = None, tape: tuple[int, ...] = ()) -> None:
+        """Learn from a finished schedule: PCT widens its estimate of the decisions per schedule,
+        and (``data`` given, mixed) the interleaving ``tape`` of that data counts as run.
 
         Only PCT's own schedules count: a random one switches at every other decision, keeps
         every thread alive longer and so meets more decisions than a PCT schedule ever does;
         change points placed past a PCT schedule's end change nothing."""
+        if data is not None and isinstance(picker, (PctPicker, TapePicker)):
+            self.recurring.ran(data, picker, tape)
         if isinstance(picker, PctPicker):
             self.steps = max(self.steps, picker.count)
 

@@ -1,0 +1,97 @@
+"""engine/explored.py: recurring schedule data get their one-preemption interleavings, each once."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from pytest_kvmconf.engine import explored
+from pytest_kvmconf.engine.explored import Recurring, TapePicker
+from pytest_kvmconf.engine.schedule import Recording
+from pytest_kvmconf.engine.search import PctPicker, parse_search
+
+
+def run(lengths: dict[str, int], picker) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """A toy deterministic program: each thread takes ``lengths[t]`` steps; every thread with
+    steps left is runnable. Returns the order the steps ran in and the run's canonical tape."""
+    left, order, current = dict(lengths), [], None
+    rec = Recording(picker)
+    while any(left.values()):
+        runnable = [t for t in lengths if left[t]]
+        current = rec.pick(runnable, current)
+        left[current] -= 1
+        order.append(current)
+    return tuple(order), rec.writer.tape()
+
+
+def switches(order: tuple[str, ...], lengths: dict[str, int]) -> int:
+    """Picks other than the Chooser's default after the start: a preemption (the current
+    thread could go on), or, where it could not, a thread other than the first runnable."""
+    left, n = dict(lengths), 0
+    for a, b in itertools.pairwise(order):
+        left[a] -= 1
+        default = a if left[a] else next(t for t in lengths if left[t])
+        n += b != default
+    return n
+
+
+@pytest.mark.parametrize("lengths", [{"a": 3, "b": 2}, {"a": 4, "b": 1, "c": 2}, {"a": 1}])
+def test_recurring_data_run_every_one_preemption_interleaving_once(lengths: dict[str, int]) -> None:
+    rng = random.Random(0)
+    recurring, data = Recurring(share=1.0), ("params", "steps")
+    assert recurring.tape_for(data, rng) is None  # first time: the search's own picker
+    enumerated = []
+    while (picker := recurring.tape_for(data, rng)) is not None:
+        order, tape = run(lengths, picker)
+        recurring.ran(data, picker, tape)
+        enumerated.append(order)
+    every = {o for o in set(itertools.permutations([t for t in lengths for _ in range(lengths[t])]))
+             if switches(o, lengths) <= 1}
+    assert len(enumerated) == len(set(enumerated)), "an interleaving ran twice"
+    assert set(enumerated) == every
+
+
+def test_interleavings_other_pickers_ran_are_not_run_again() -> None:
+    rng = random.Random(1)
+    lengths = {"a": 3, "b": 3}
+    recurring, data = Recurring(share=1.0), "data"
+    recurring.tape_for(data, rng)
+    opening = recurring.tape_for(data, rng)  # from entity 0, no switch: the tapes to come
+    recurring.ran(data, opening, run(lengths, opening)[1])
+    ran_by_pct = set()
+    for _ in range(3):  # PCT's runs of the same data, while the enumeration is under way
+        order, tape = run(lengths, PctPicker(rng, 2, 6))
+        recurring.ran(data, PctPicker(rng, 2, 6), tape)
+        ran_by_pct.add(order)
+    again = []
+    while (picker := recurring.tape_for(data, rng)) is not None:
+        order, tape = run(lengths, picker)
+        recurring.ran(data, picker, tape)
+        again.append(order)
+    assert again and not set(again) & ran_by_pct
+
+
+def test_data_met_once_are_left_to_the_search_and_memory_is_bounded(monkeypatch) -> None:
+    monkeypatch.setattr(explored, "MAX_DATA", 8)
+    rng = random.Random(2)
+    recurring = Recurring(share=1.0)
+    assert all(recurring.tape_for(i, rng) is None for i in range(100))
+    assert len(recurring.data) == 8
+    assert isinstance(recurring.tape_for(99, rng), TapePicker)  # kept: among the newest
+    assert recurring.tape_for(0, rng) is None  # forgotten: counts as new
+
+
+def test_mixed_enumerates_only_where_it_is_given_the_data() -> None:
+    search = parse_search("mixed")
+    rng = random.Random(3)
+    first = search.random_first
+    data = (("sp", "indirect"),), ()
+    # Without data (a backend that does not replay, or free mode) every PCT-phase pick is PCT's.
+    assert all(isinstance(search.picker(rng, first + i), PctPicker) for i in range(50))
+    pickers = [search.picker(rng, first + i, data) for i in range(50)]
+    assert isinstance(pickers[0], PctPicker) and isinstance(pickers[1], TapePicker)
+    assert pickers[1].tape == (0,)
+    # The random phase is the random search's, data or not.
+    assert not isinstance(search.picker(rng, first - 1, data), (PctPicker, TapePicker))
