@@ -30,6 +30,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from random import Random
 
@@ -69,8 +70,10 @@ def phase_hits(case: BrokenCase, search: Search, phase: str, n: int, seed: int) 
         schedule = draw(i)
         picker = search.picker(rng, i, (schedule.params, schedule.sequences))
         rec = Recording(picker)
-        hits += run_schedule(g, backend, schedule, options, rec).violation is not None
-        search.observed(picker, (schedule.params, schedule.sequences), rec.writer.tape())
+        outcome = run_schedule(g, backend, schedule, options, rec)
+        hits += outcome.violation is not None
+        outcome.schedule = replace(schedule, tape=rec.writer.tape())
+        search.observed(picker, outcome, (schedule.params, schedule.sequences))
     return hits
 
 
@@ -86,8 +89,10 @@ def capable_share(case: BrokenCase, search: Search, n: int, replays: int, seed: 
         for _ in range(replays):
             picker = search.picker(rng, i, (schedule.params, schedule.sequences))
             rec = Recording(picker)
-            failed = run_schedule(g, backend, schedule, options, rec).violation is not None
-            search.observed(picker, (schedule.params, schedule.sequences), rec.writer.tape())
+            outcome = run_schedule(g, backend, schedule, options, rec)
+            failed = outcome.violation is not None
+            outcome.schedule = replace(schedule, tape=rec.writer.tape())
+            search.observed(picker, outcome, (schedule.params, schedule.sequences))
             if failed:
                 capable += 1
                 break

@@ -16,6 +16,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from . import facets
+from .engine.refused import REDRAWS, Refusals
 from .engine.schedule import Schedule
 from .spec.model import Guarantee, Param
 
@@ -55,10 +56,11 @@ class Drawer:
     """
 
     def __init__(self, g: Guarantee, doc_version: str, rng: Random, decks: bool = False,
-                 long: float = 0.0):
+                 long: float = 0.0, refusals: Refusals | None = None):
         self.g, self.doc_version, self.rng = g, doc_version, rng
         self.decks: dict[Any, list[int]] | None = {} if decks else None
         self.long = long
+        self.refusals = refusals
 
     def _index(self, key: Any, n: int) -> int:
         if self.decks is None or not 1 < n <= DECK_LIMIT:
@@ -79,6 +81,10 @@ class Drawer:
     def schedule(self) -> Schedule:
         """A schedule with an empty tape: the search's scheduler makes the picks."""
         rng, seqs = self.rng, []
+        # The parameters are the context a refusal is known in, so they come first where
+        # refusals steer the steps (the plain drawer keeps its order: the random search's
+        # schedules for a seed stay what they were).
+        params = self.params(self.g.params, None) if self.refusals is not None else None
         for t in self.g.threads:
             if t.sequence is None:
                 continue
@@ -90,9 +96,17 @@ class Drawer:
                 # One deck per position: a deck shared by a schedule's steps would deal them
                 # without replacement, and a bug needing the same step twice would be rare.
                 i = self._index((t.name, at), kinds)
-                steps.append((i, self.params(seq.choice_params[i], (t.name, at, i))))
+                drawn = self.params(seq.choice_params[i], (t.name, at, i))
+                if self.refusals is not None and seq.choice_params[i]:
+                    for _ in range(REDRAWS):
+                        if not self.refusals.only_refused(params, (t.name, i, drawn)):
+                            break
+                        drawn = self.params(seq.choice_params[i], (t.name, at, i))
+                steps.append((i, drawn))
             seqs.append((t.name, tuple(steps)))
-        return Schedule(self.g.id, self.params(self.g.params, None), tuple(seqs), ())
+        if params is None:
+            params = self.params(self.g.params, None)
+        return Schedule(self.g.id, params, tuple(seqs), ())
 
 
 def param_strategy(p: Param, doc_version: str) -> st.SearchStrategy:

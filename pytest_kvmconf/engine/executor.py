@@ -32,6 +32,8 @@ class Returned:
     result: Any
     before: Any
     text: str
+    #: the generated step this was (PlannedStep.generated), None for a fixed one
+    generated: tuple | None = None
 
 
 class Handle:
@@ -107,7 +109,7 @@ class GeneratorHandle(Handle):
                     raise guard.wrong_run_op(self.backend, ps.step.op.name, ops)
                 result = yield from ops
             self.plan.bind(ps, result)
-            yield Returned(ps.step.op.name, args, result, before, self.fmt_result(ps, result))
+            yield Returned(ps.step.op.name, args, result, before, self.fmt_result(ps, result), ps.generated)
 
     def runnable(self) -> bool:
         return not self.done and (self.waiting is None or self.waiting.until())

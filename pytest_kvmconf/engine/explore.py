@@ -184,7 +184,7 @@ def _own_search(g: Guarantee, backend: Backend, options: RunOptions, s: settings
                     rec = Recording(picker)
                     outcome, seconds = timed(schedule, rec)
                     outcome.schedule = replace(schedule, tape=rec.writer.tape())
-                    search.observed(picker, data, outcome.schedule.tape)
+                    search.observed(picker, outcome, data)
                     ran(outcome.schedule, outcome.violation is not None, seconds)
                     if stats.count_undecided(outcome):
                         break

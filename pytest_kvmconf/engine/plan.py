@@ -29,6 +29,8 @@ class PlannedStep:
     step: Step
     #: extra names for argument expressions (per-vCPU index, drawn step params).
     scope: Mapping[str, Any]
+    #: a generated step's (spec thread, choice, drawn params), as the schedule holds it
+    generated: tuple[str, int, tuple[tuple[str, Any], ...]] | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ def make_plans(g: Guarantee, schedule: Schedule, nr_vcpus: int, env: dict[str, A
             steps = [PlannedStep(s, scope) for s in t.steps]
             if t.sequence is not None:
                 for choice, drawn in generated.get(t.name, ()):
-                    steps.append(PlannedStep(t.sequence.choose[choice], {**scope, **dict(drawn)}))
+                    steps.append(PlannedStep(t.sequence.choose[choice], {**scope, **dict(drawn)},
+                                             (t.name, choice, drawn)))
             plans.append(ThreadPlan(name, vcpu, steps, env, bindings, (str(g.file), g.id), limit))
     return plans

@@ -49,3 +49,6 @@ class Outcome:
     #: why a live backend could not decide this example (its bound on the kernel's evidence
     #: was exceeded); such an outcome is neither a pass nor a violation.
     undecided: str | None = None
+    #: (PlannedStep.generated, result) of each generated step that returned, in order: what a
+    #: search learns from (engine/refused.py)
+    generated: list[tuple[tuple, Any]] = field(default_factory=list)

@@ -270,6 +270,9 @@ class _Scheduler:
                         texts = [*texts, *notes]
                     out.timeline.append(Entry(len(out.timeline) + 1, h.name, tuple(texts)))
                 self.progress.count += 1
+                r = getattr(h, "returned", None)  # a store buffer's drain returns nothing
+                if r is not None and r.generated is not None:
+                    out.generated.append((r.generated, r.result))
                 if len(out.timeline) > self.g.max_steps:
                     out.violation = Violation(
                         "livelock", f"no end after {self.g.max_steps} scheduling points "

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 from ..spec.model import Guarantee
 from ..strategies import Drawer
 from .explored import Recurring, TapePicker
+from .records import Outcome
+from .refused import Refusals
 from .schedule import Schedule
 
 
@@ -142,6 +144,8 @@ class Search:
     early_share: float = MIXED_EARLY_SHARE
     #: mixed: schedule data its PCT phase met more than once (engine/explored.py)
     recurring: Recurring = field(default_factory=Recurring, repr=False, compare=False)
+    #: mixed: the generated steps the backend refused (engine/refused.py)
+    refusals: Refusals = field(default_factory=Refusals, repr=False, compare=False)
 
     def for_model(self, memory_model: str) -> Search:
         """This search as it runs under ``memory_model`` (mixed hands over to PCT sooner under a
@@ -161,7 +165,7 @@ class Search:
         plain = Drawer(g, doc_version, rng)
         if self.name != "mixed":
             return lambda index: plain.schedule()
-        decks = Drawer(g, doc_version, rng, decks=True, long=MIXED_LONG)
+        decks = Drawer(g, doc_version, rng, decks=True, long=MIXED_LONG, refusals=self.refusals)
         return lambda index: (plain if index < self.random_first else decks).schedule()
 
     def picker(self, rng: Random, index: int = 0, data: Hashable | None = None) -> Picker:
@@ -181,15 +185,18 @@ class Search:
                              MIXED_EARLY if rng.random() < self.early_share else 1.0)
         return RandomPicker(rng)
 
-    def observed(self, picker: Picker, data: Hashable | None = None, tape: tuple[int, ...] = ()) -> None:
-        """Learn from a finished schedule: PCT widens its estimate of the decisions per schedule,
-        and (``data`` given, mixed) the interleaving ``tape`` of that data counts as run.
+    def observed(self, picker: Picker, outcome: Outcome | None = None, data: Hashable | None = None) -> None:
+        """Learn from a finished schedule (``outcome``, its tape the one the picks made): PCT
+        widens its estimate of the decisions per schedule; mixed learns which generated steps
+        the backend refused, and (``data`` given) that this interleaving of the data has run.
 
-        Only PCT's own schedules count: a random one switches at every other decision, keeps
-        every thread alive longer and so meets more decisions than a PCT schedule ever does;
-        change points placed past a PCT schedule's end change nothing."""
-        if data is not None and isinstance(picker, (PctPicker, TapePicker)):
-            self.recurring.ran(data, picker, tape)
+        Only PCT's own schedules count for the estimate: a random one switches at every other
+        decision, keeps every thread alive longer and so meets more decisions than a PCT
+        schedule ever does; change points placed past a PCT schedule's end change nothing."""
+        if self.name == "mixed" and outcome is not None:
+            self.refusals.learn(outcome.schedule.params, outcome.generated)
+            if data is not None and isinstance(picker, (PctPicker, TapePicker)):
+                self.recurring.ran(data, picker, outcome.schedule.tape)
         if isinstance(picker, PctPicker):
             self.steps = max(self.steps, picker.count)
 
@@ -207,7 +214,8 @@ SEARCHES: dict[str, str] = {
     "mixed": f"the default: the random search's first {MIXED_RANDOM_FIRST} schedules ({MIXED_RANDOM_FIRST_WEAK} "
              f"under tso or lkmm), then PCT ones (depth {MIXED_DEPTH}, {MIXED_DEPTH_WEAK} under tso or lkmm) "
              "with parameters and steps dealt from shuffled decks, most sequences long; data that recur "
-             "get their one-switch interleavings enumerated, each once",
+             "get their one-switch interleavings enumerated, each once; steps the backend refused are "
+             "drawn again",
     "random": "a uniformly random runnable entity at every scheduling point",
     "pct": "PCT with depth D (pct:D, default 3): random priorities, D-1 priority change points",
     "hypothesis": "hypothesis draws and shrinks whole schedules (the search shipped before 'mixed')",

@@ -91,7 +91,7 @@ class ThreadBase(Handle, Controller):
             else:
                 result = self.machine.run_op(self.ctx, op, args)
             self._bind(ps, result)
-            r = Returned(op, args, result, before, self.fmt_result(ps, result))
+            r = Returned(op, args, result, before, self.fmt_result(ps, result), ps.generated)
             self._returned = r
             self._texts.append(r.text or f"{op} returns")
             self._position = f"returned from {op}"
