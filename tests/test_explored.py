@@ -95,3 +95,37 @@ def test_mixed_enumerates_only_where_it_is_given_the_data() -> None:
     assert pickers[1].tape == (0,)
     # The random phase is the random search's, data or not.
     assert not isinstance(search.picker(rng, first - 1, data), (PctPicker, TapePicker))
+
+
+def test_a_violation_the_enumeration_finds_replays_exactly_from_its_tape() -> None:
+    """SPTE-02's ABA needs one preemption of vcpu0 at one of a few points: the enumeration of its
+    one-switch interleavings finds it, and the tape written down replays it with the ordinary
+    Chooser (what --kvm-replay and the shrinker run)."""
+    from dataclasses import replace
+
+    from pytest_kvmconf.engine.runner import RunOptions, run_schedule
+    from pytest_kvmconf.engine.shrink import same_failure
+    from pytest_kvmconf.strategies import Drawer
+
+    from .bite import guarantees, newest_text
+    from .broken.spte import IndirectFastPathUnpinned
+    from .broken.spte import backend as spte_backend
+
+    g = guarantees()["SPTE-02"]
+    version = newest_text("SPTE-02")
+    backend, options = spte_backend(IndirectFastPathUnpinned), RunOptions(version)
+    rng = random.Random(4)
+    schedule = next(s for s in iter(Drawer(g, version, rng).schedule, None)
+                    if dict(s.params)["sp"] == "indirect")
+    recurring, data = Recurring(share=1.0), (schedule.params, schedule.sequences)
+    recurring.tape_for(data, rng)
+    found = None
+    while found is None and (picker := recurring.tape_for(data, rng)) is not None:
+        rec = Recording(picker)
+        outcome = run_schedule(g, backend, schedule, options, rec)
+        recurring.ran(data, picker, rec.writer.tape())
+        if outcome.violation is not None:
+            found = replace(schedule, tape=rec.writer.tape()), outcome.violation
+    assert found is not None, "no one-switch interleaving of SPTE-02 shows the ABA"
+    again = run_schedule(g, backend, found[0], options)
+    assert same_failure(again.violation, found[1])
