@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -101,8 +102,6 @@ def test_a_violation_the_enumeration_finds_replays_exactly_from_its_tape() -> No
     """SPTE-02's ABA needs one preemption of vcpu0 at one of a few points: the enumeration of its
     one-switch interleavings finds it, and the tape written down replays it with the ordinary
     Chooser (what --kvm-replay and the shrinker run)."""
-    from dataclasses import replace
-
     from pytest_kvmconf.engine.runner import RunOptions, run_schedule
     from pytest_kvmconf.engine.shrink import same_failure
     from pytest_kvmconf.strategies import Drawer
@@ -129,3 +128,20 @@ def test_a_violation_the_enumeration_finds_replays_exactly_from_its_tape() -> No
     assert found is not None, "no one-switch interleaving of SPTE-02 shows the ABA"
     again = run_schedule(g, backend, found[0], options)
     assert same_failure(again.violation, found[1])
+
+
+def test_data_are_the_same_but_for_parameters_of_many_values() -> None:
+    from pytest_kvmconf.engine.explored import KEY_VALUES, data_keys
+    from pytest_kvmconf.engine.schedule import Schedule
+
+    from .bite import NEWEST, guarantees
+
+    key = data_keys(guarantees()["REQ-13"], NEWEST)  # nr: 8 request numbers; flags: 4 values
+    assert KEY_VALUES == 4
+    a = Schedule("REQ-13", (("nr", 0), ("flags", 256)), (), ())
+    assert key(a) == key(replace(a, params=(("nr", 3), ("flags", 256))))
+    assert key(a) != key(replace(a, params=(("nr", 0), ("flags", 0))))
+    key = data_keys(guarantees()["MP-01"], NEWEST)  # every parameter of MP-01 counts, and its steps
+    b = Schedule("MP-01", (("n", 1), ("irqchip", True), ("program", "hlt")), (("vcpu", ((0, ()),)),), ())
+    assert key(b) != key(replace(b, params=(("n", 1), ("irqchip", False), ("program", "hlt"))))
+    assert key(b) != key(replace(b, sequences=(("vcpu", ((2, ()),)),)))

@@ -26,6 +26,7 @@ from ..spec.model import Guarantee
 from ..strategies import schedule_strategy
 from . import guard, replay_guard
 from .coverage import Coverage
+from .explored import data_keys
 from .records import Outcome
 from .runner import RunOptions, run_schedule
 from .schedule import Recording, Schedule
@@ -172,13 +173,14 @@ def _own_search(g: Guarantee, backend: Backend, options: RunOptions, s: settings
         if Phase.generate in s.phases:
             figures.phase("generate")
             draw = search.drawer(g, options.doc_version, rng)
+            data_of = data_keys(g, options.doc_version) if replays and not options.free else None
             for index in range(s.max_examples):
                 if stats.too_undecided(UNDECIDED_STOP):
                     break
                 schedule = draw(index)
                 # Where the same data and picks replay the same run, the search may steer
                 # away from interleavings it has run (engine/explored.py).
-                data = (schedule.params, schedule.sequences) if replays and not options.free else None
+                data = data_of(schedule) if data_of is not None else None
                 for _ in range(runs):
                     picker = search.picker(rng, index, data)
                     rec = Recording(picker)
