@@ -37,6 +37,7 @@ from random import Random
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pytest_kvmconf.engine.explored import data_keys  # noqa: E402
 from pytest_kvmconf.engine.runner import RunOptions, run_schedule  # noqa: E402
 from pytest_kvmconf.engine.schedule import Recording  # noqa: E402
 from pytest_kvmconf.engine.search import Search, parse_search  # noqa: E402
@@ -64,16 +65,17 @@ def phase_hits(case: BrokenCase, search: Search, phase: str, n: int, seed: int) 
     else:
         first = search.random_first
     draw = search.drawer(g, case.doc_version, rng)
+    key = data_keys(g, case.doc_version)
     backend, options = case.backend(), RunOptions(case.doc_version, memory_model=case.memory_model)
     hits = 0
     for i in range(first, first + n):
         schedule = draw(i)
-        picker = search.picker(rng, i, (schedule.params, schedule.sequences))
+        picker = search.picker(rng, i, key(schedule))
         rec = Recording(picker)
         outcome = run_schedule(g, backend, schedule, options, rec)
         hits += outcome.violation is not None
         outcome.schedule = replace(schedule, tape=rec.writer.tape())
-        search.observed(picker, outcome, (schedule.params, schedule.sequences))
+        search.observed(picker, outcome, key(schedule))
     return hits
 
 
@@ -82,17 +84,18 @@ def capable_share(case: BrokenCase, search: Search, n: int, replays: int, seed: 
     g = guarantees()[case.gid]
     rng = Random(seed)
     draw = search.drawer(g, case.doc_version, rng)
+    key = data_keys(g, case.doc_version)
     backend, options = case.backend(), RunOptions(case.doc_version, memory_model=case.memory_model)
     capable = 0
     for i in range(search.random_first, search.random_first + n):
         schedule = draw(i)
         for _ in range(replays):
-            picker = search.picker(rng, i, (schedule.params, schedule.sequences))
+            picker = search.picker(rng, i, key(schedule))
             rec = Recording(picker)
             outcome = run_schedule(g, backend, schedule, options, rec)
             failed = outcome.violation is not None
             outcome.schedule = replace(schedule, tape=rec.writer.tape())
-            search.observed(picker, outcome, (schedule.params, schedule.sequences))
+            search.observed(picker, outcome, key(schedule))
             if failed:
                 capable += 1
                 break
