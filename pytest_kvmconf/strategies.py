@@ -75,7 +75,14 @@ class Drawer:
         out = []
         for p in params:
             values = param_values(p, self.doc_version)
-            out.append((p.name, values[self._index((where, p.name), len(values))]))
+            i = self._index((where, p.name), len(values))
+            if where is None and self.refusals is not None and len(values) <= DECK_LIMIT:
+                # A schedule parameter's value under which the backend refused more generated
+                # steps is dealt again with the chance it falls short (engine/refused.py).
+                keep = self.refusals.keep(p.name, values[i], values)
+                if keep < 1.0 and self.rng.random() >= keep:
+                    i = self._index((where, p.name), len(values))
+            out.append((p.name, values[i]))
         return tuple(out)
 
     def schedule(self) -> Schedule:

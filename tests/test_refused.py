@@ -75,3 +75,29 @@ def test_refused_steps_come_up_less_often_but_still_come_up() -> None:
     assert share(plain, refused_values) > 0.45
     assert 0.03 < share(steered, refused_values) < 0.15
     assert steered[3] > 1.6 * plain[3] * sum(steered.values()) / sum(plain.values())
+
+
+def test_parameter_values_under_which_more_steps_are_refused_are_dealt_less_often() -> None:
+    r = Refusals()
+    step = ("vcpu", 0, ())
+    for _ in range(20):
+        r.learn((("irqchip", True),), [(step, 0)] * 24 + [(step, -22)])
+        r.learn((("irqchip", False),), [(step, 0)] * 13 + [(step, -22)] * 7)
+    assert r.keep("irqchip", True, (False, True)) == 1.0
+    assert 0.15 < r.keep("irqchip", False, (False, True)) < 0.3  # (0.65 / 0.96) ** 4
+    assert r.keep("n", 1, (1, 2)) == 1.0  # nothing known of it: no lean
+    g = guarantees()["MP-01"]
+    drawer = Drawer(g, NEWEST, random.Random(3), decks=True, refusals=r)
+    irqchip = Counter(dict(drawer.schedule().params)["irqchip"] for _ in range(1000))
+    assert 0.1 < irqchip[False] / 1000 < 0.35, irqchip
+
+
+def test_without_generated_steps_nothing_leans_and_the_draws_are_unchanged() -> None:
+    """A spec with parameters but no generated steps (REQ-13) draws exactly as without refusals:
+    the lean must not even consume randomness there."""
+    g = guarantees()["REQ-13"]
+    r = Refusals()
+    r.learn((("nr", 1), ("flags", 0)), [])
+    plain = Drawer(g, NEWEST, random.Random(5), decks=True)
+    steered = Drawer(g, NEWEST, random.Random(5), decks=True, refusals=r)
+    assert [plain.schedule() for _ in range(50)] == [steered.schedule() for _ in range(50)]

@@ -216,8 +216,8 @@ SEARCHES: dict[str, str] = {
     "mixed": f"the default: the random search's first {MIXED_RANDOM_FIRST} schedules ({MIXED_RANDOM_FIRST_WEAK} "
              f"under tso or lkmm), then PCT ones (depth {MIXED_DEPTH}, {MIXED_DEPTH_WEAK} under tso or lkmm) "
              "with parameters and steps dealt from shuffled decks, sequences at their longest; data that recur "
-             "get their one-switch interleavings enumerated, each once; steps the backend refused are "
-             "drawn again",
+             "get their one-switch interleavings enumerated, each once; steps the backend refused, and "
+             "parameter values under which it refuses more, come up less often",
     "random": "a uniformly random runnable entity at every scheduling point",
     "pct": "PCT with depth D (pct:D, default 3): random priorities, D-1 priority change points",
     "hypothesis": "hypothesis draws and shrinks whole schedules (the search shipped before 'mixed')",
