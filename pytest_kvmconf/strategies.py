@@ -79,7 +79,7 @@ class Drawer:
             if where is None and self.refusals is not None and len(values) <= DECK_LIMIT:
                 # A schedule parameter's value under which the backend refused more generated
                 # steps is dealt again with the chance it falls short (engine/refused.py).
-                keep = self.refusals.keep(p.name, values[i], values)
+                keep = self.refusals.keep(p.name, values[i])
                 if keep < 1.0 and self.rng.random() >= keep:
                     i = self._index((where, p.name), len(values))
             out.append((p.name, values[i]))

@@ -49,11 +49,16 @@ def is_refusal(result: Any) -> bool:
 class Refusals:
     """The generated steps refused, and never accepted, with each parameter value, in one hunt."""
 
-    __slots__ = ("refused", "accepted", "counts")
+    __slots__ = ("refused", "accepted", "counts", "entries", "informed")
 
     def __init__(self) -> None:
-        # (parameter name, value) -> [generated steps accepted, refused] in runs with that value
-        self.counts: dict[tuple[str, Any], list[int]] = {}
+        # parameter name -> value -> [generated steps accepted, refused] in runs with that value
+        self.counts: dict[str, dict[Any, list[int]]] = {}
+        self.entries = 0
+        # the parameters some run with generated steps had: for the others every value's share
+        # is the prior alike, and keep() need not look (a 1,000-valued payload such as REQ-14's
+        # would cost a walk over its values per schedule)
+        self.informed: set[str] = set()
         # (one parameter's (name, value), step)
         self.refused: set[tuple[Hashable, tuple]] = set()
         self.accepted: set[tuple[Hashable, tuple]] = set()
@@ -61,29 +66,36 @@ class Refusals:
     def learn(self, context: tuple[tuple[str, Any], ...], generated: list[tuple[tuple, Any]]) -> None:
         """What a run of a schedule with parameters ``context`` returned for its generated steps."""
         refusals = sum(is_refusal(result) for _, result in generated)
-        for p in context:
-            if p in self.counts or len(self.counts) < MAX_KEPT:
-                c = self.counts.setdefault(p, [0, 0])
-                c[0] += len(generated) - refusals
-                c[1] += refusals
+        for name, value in context:
+            per = self.counts.setdefault(name, {})
+            c = per.get(value)
+            if c is None:
+                if self.entries >= MAX_KEPT:
+                    continue
+                c = per[value] = [0, 0]
+                self.entries += 1
+            c[0] += len(generated) - refusals
+            c[1] += refusals
+            if generated:
+                self.informed.add(name)
         for step, result in generated:
             kept = self.refused if is_refusal(result) else self.accepted
             for p in context or ((),):
                 if len(kept) < MAX_KEPT:
                     kept.add((p, step))
 
-    def keep(self, name: str, value: Any, values: Any) -> float:
+    def keep(self, name: str, value: Any) -> float:
         """How likely a dealt value of schedule parameter ``name`` is kept: the share of generated
-        steps the backend accepted with it, against the best of the parameter's values, squared."""
-        def share(v: Any) -> float | None:
-            c = self.counts.get((name, v))
-            return None if c is None else (c[0] + 1) / (c[0] + c[1] + 2)
-
-        mine = share(value)
-        known = [x for x in map(share, values) if x is not None]
-        if mine is None or not known:
+        steps the backend accepted with it, against the best of the parameter's values seen so
+        far, to the power LEAN_POWER (1.0 for a value not seen yet)."""
+        if name not in self.informed:
             return 1.0
-        return (mine / max(known)) ** LEAN_POWER
+        per = self.counts[name]
+        mine = per.get(value)
+        if mine is None:
+            return 1.0
+        share = lambda c: (c[0] + 1) / (c[0] + c[1] + 2)  # noqa: E731
+        return (share(mine) / max(map(share, per.values()))) ** LEAN_POWER
 
     def only_refused(self, context: tuple[tuple[str, Any], ...], step: tuple) -> bool:
         """True if, for each of the schedule's parameter values, the step was refused with that
