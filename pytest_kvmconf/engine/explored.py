@@ -1,4 +1,4 @@
-"""Schedule data that recur: enumerate their one-preemption interleavings instead of sampling them.
+"""Schedule data that recur: enumerate their one-switch interleavings instead of sampling them.
 
 A spec whose steps are fixed (SPTE-02: two threads, five steps, one parameter) has few
 schedule data, and PCT samples the interleavings of each with replacement: on SPTE-02 three
@@ -103,7 +103,7 @@ class Recurring:
         d.seen += 1
         if d.seen < 2:
             return None
-        if not d.started:  # the second time: start from entity 0, no preemption
+        if not d.started:  # the second time: start from entity 0, no switch
             d.started = True
             return TapePicker((0,))
         while d.pending and rng.random() < self.share:
@@ -120,7 +120,7 @@ class Recurring:
         d.ran.add(tape)
         if not isinstance(picker, TapePicker) or len(picker.tape) != 1:
             return
-        # A run without preemption from one start: the tapes that preempt it once, and (from
+        # A run without a switch from one start: the tapes that switch once from it, and (from
         # start 0) the other starts.
         start = picker.tape[0]
         new = [(s,) for s in range(1, picker.first)] if start == 0 else []

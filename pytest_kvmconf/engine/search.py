@@ -67,10 +67,6 @@ class PctPicker:
         self.changes = {p: depth - 1 - i for i, p in enumerate(points)}
         self.count = 0
 
-    def rank(self, x: Any) -> float:
-        """``x``'s priority now (higher runs first)."""
-        return self.priority.get(x, 0.0)
-
     def _top(self, runnable: list) -> Any:
         for x in runnable:
             if x not in self.priority:
@@ -176,7 +172,7 @@ class Search:
         ``data``: the schedule's parameters and generated steps, where a run of the same data
         and picks is sure to repeat its outcome (a backend that replays, scheduled by the
         engine): where mixed's PCT phase meets data again, it enumerates their interleavings
-        with one preemption on a share of its schedules (engine/explored.py)."""
+        with one switch on a share of its schedules (engine/explored.py)."""
         if self.name == "pct":
             return PctPicker(rng, self.depth, self.steps)
         if self.name == "mixed" and index >= self.random_first:
