@@ -54,6 +54,18 @@ SLOWEST = (
 )
 
 
+def run_one(g, backend, options: RunOptions, search: Search, rng: Random, index: int, schedule,
+            data) -> bool:
+    """One schedule of the hunt as explore runs it (picker, recorded tape, what the search
+    learns from it); True if it failed."""
+    picker = search.picker(rng, index, data)
+    rec = Recording(picker)
+    outcome = run_schedule(g, backend, schedule, options, rec)
+    outcome.schedule = replace(schedule, tape=rec.writer.tape())
+    search.observed(picker, outcome, data)
+    return outcome.violation is not None
+
+
 def phase_hits(case: BrokenCase, search: Search, phase: str, n: int, seed: int) -> int:
     """Hits among n schedules of one phase of ``search`` (no stopping at the first)."""
     g = guarantees()[case.gid]
@@ -70,12 +82,7 @@ def phase_hits(case: BrokenCase, search: Search, phase: str, n: int, seed: int) 
     hits = 0
     for i in range(first, first + n):
         schedule = draw(i)
-        picker = search.picker(rng, i, key(schedule))
-        rec = Recording(picker)
-        outcome = run_schedule(g, backend, schedule, options, rec)
-        hits += outcome.violation is not None
-        outcome.schedule = replace(schedule, tape=rec.writer.tape())
-        search.observed(picker, outcome, key(schedule))
+        hits += run_one(g, backend, options, search, rng, i, schedule, key(schedule))
     return hits
 
 
@@ -89,14 +96,9 @@ def capable_share(case: BrokenCase, search: Search, n: int, replays: int, seed: 
     capable = 0
     for i in range(search.random_first, search.random_first + n):
         schedule = draw(i)
+        data = key(schedule)
         for _ in range(replays):
-            picker = search.picker(rng, i, key(schedule))
-            rec = Recording(picker)
-            outcome = run_schedule(g, backend, schedule, options, rec)
-            failed = outcome.violation is not None
-            outcome.schedule = replace(schedule, tape=rec.writer.tape())
-            search.observed(picker, outcome, key(schedule))
-            if failed:
+            if run_one(g, backend, options, search, rng, i, schedule, data):
                 capable += 1
                 break
     return capable / n
